@@ -1,0 +1,41 @@
+# Thin wrapper over CMake for the README's commands. `make run`, `make test`, `make bench-ns`.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+BUILD_TYPE ?= RelWithDebInfo
+CMAKE_ARGS ?=
+JOBS       ?= $(shell nproc)
+PYTHON     := /usr/bin/python3
+
+.PHONY: all deps configure build run test test-asan bench-ns clean
+
+all: build
+
+deps:
+	@deploy/install-deps.sh
+
+configure: deps
+	@cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=$(BUILD_TYPE) $(CMAKE_ARGS) >/dev/null
+
+build: configure
+	@cmake --build $(BUILD) -j$(JOBS)
+
+run: build
+	./$(BUILD)/orthod-demo
+
+# Every test: the normal build (unit suites, float64 reference trajectories), then the unit
+# suites again under AddressSanitizer + UndefinedBehaviorSanitizer.
+test: build test-asan
+	ctest --test-dir $(BUILD) --output-on-failure -j$(JOBS)
+
+test-asan: deps
+	@cmake -S . -B $(ASAN_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	       -DORTHOD_SANITIZE=address,undefined $(CMAKE_ARGS) >/dev/null
+	@cmake --build $(ASAN_BUILD) -j$(JOBS)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ctest --test-dir $(ASAN_BUILD) -L unit --output-on-failure -j$(JOBS)
+
+bench-ns: build
+	$(PYTHON) tests/bench/bench_ns.py --bin $(BUILD)/bench_ns
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD)

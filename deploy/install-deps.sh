@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# install-deps.sh — install what orthod needs to build, test and run, from Debian's packages.
+# Idempotent and fast when everything is there (one dpkg-query, no apt-get).
+set -euo pipefail
+
+PACKAGES=(
+  build-essential cmake pkg-config   # toolchain
+  libopenblas-dev liblapacke-dev     # CPU backend: BLAS, LAPACK(E) for SVD/eigh
+  libcunit1-dev                      # unit tests
+  python3 python3-numpy              # float64 reference, benchmarks (Debian's /usr/bin/python3)
+  valgrind                           # memcheck runs in the test suite
+)
+
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+  status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
+  [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
+done
+if [[ ${#missing[@]} -eq 0 ]]; then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+    echo "install-deps: need root (or sudo) to install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
