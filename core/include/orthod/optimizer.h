@@ -191,6 +191,19 @@ ORTHOD_API bool orthod_optim_buffer(const orthod_optim_t *opt, int i, const char
 ORTHOD_API orthod_err_t orthod_optim_orthogonalize(orthod_optim_t *opt, float *out,
                                                    const float *u);
 
+/* ---------------------------------------------------------------------------------------------
+ * One-sided PolarGrad orthogonalizer of spec 5.4 (a helper usable as an orthogonalizer, not an
+ * algorithm). Left: S = Mx Mxᵀ (m x m), u = S^(-1/2) Mx; right: S = Mxᵀ Mx (n x n),
+ * u = Mx S^(-1/2); eigenvalues clamped at eps, those <= max(λ)·d·2⁻²³ dropped;
+ * out = u · (Σ sqrt(λ))^alpha · extra. center_rows subtracts the per-column mean before and after.
+ * out (m x n) may not alias g. Synchronises (the eigenvalues are read back to the host). */
+typedef enum { ORTHOD_SIDE_LEFT = 0, ORTHOD_SIDE_RIGHT = 1 } orthod_side_t;
+
+ORTHOD_API orthod_err_t orthod_polargrad_one_sided(orthod_backend_t *be, float *out,
+                                                   const float *g, int64_t m, int64_t n,
+                                                   orthod_side_t side, double alpha,
+                                                   bool center_rows, double eps, double extra);
+
 #ifdef __cplusplus
 }
 #endif
