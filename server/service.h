@@ -1,0 +1,32 @@
+/* server/service.h — the orthod.v1.Optimizer service: the RPC handlers, the loop-side registry
+ * of parameters (shape, mode, step counter, pending pushes), synchronous/asynchronous step
+ * semantics, chunk assembly and streaming of weights. Runs on the loop thread; device work goes
+ * through orthod_device_submit. */
+#ifndef ORTHOD_SERVER_SERVICE_H
+#define ORTHOD_SERVER_SERVICE_H
+
+#include <stddef.h>
+#include <uv.h>
+
+#include "config.h"
+#include "device.h"
+#include "rpc.h"
+
+typedef struct orthod_service orthod_service_t;
+
+/* cfg and dev are borrowed and outlive the service. */
+int orthod_service_create(uv_loop_t *loop, orthod_device_t *dev, const orthod_server_config_t *cfg,
+                          orthod_service_t **out);
+
+/* The service's methods (Register, Upload, Step, Pull, List, Describe, Drop, SetConfig) with
+ * method_data = svc; valid while svc lives. */
+size_t orthod_service_methods(orthod_service_t *svc, const orthod_method_t **out);
+
+/* Shutdown has begun: new requests on open calls get UNAVAILABLE ("orthod is shutting down"),
+ * pending synchronous steps fail with UNAVAILABLE, in-flight device jobs finish. */
+void orthod_service_drain(orthod_service_t *svc);
+
+/* Free (after the rpc server has drained and the device has stopped). */
+void orthod_service_destroy(orthod_service_t *svc);
+
+#endif
