@@ -9,6 +9,10 @@ PACKAGES=(
   libcunit1-dev                      # unit tests
   python3 python3-numpy              # float64 reference, benchmarks (Debian's /usr/bin/python3)
   valgrind                           # memcheck runs in the test suite
+  libgrpc-dev libuv1-dev             # the daemon: gRPC core (C API), libuv event loop
+  protobuf-c-compiler libprotobuf-c-dev  # protoc-c and the protobuf-c runtime (C messages)
+  protobuf-compiler protobuf-compiler-grpc  # protoc + grpc_python_plugin (Python stubs)
+  python3-grpcio python3-protobuf    # Python integration tests and client
 )
 
 missing=()
