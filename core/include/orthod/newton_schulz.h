@@ -76,8 +76,9 @@ ORTHOD_API orthod_err_t orthod_newton_schulz(orthod_backend_t *be, float *out, c
                                              int64_t batch, int64_t rows, int64_t cols,
                                              const orthod_ns_opts_t *opts);
 
-/* One step on wide, normalised X (batch x r x c, r <= c), in place: the building block above,
- * exposed for tests (spec 7.2 TestBatchedNewtonSchulzStep). */
+/* One step X <- a·X + (b·A + c·A²)·X with A = X Xᵀ (r x r), in place on normalised X (batch x
+ * r x c): the building block above, exposed for tests (spec 7.2 TestBatchedNewtonSchulzStep).
+ * Any r and c are accepted and X is never transposed; r <= c (wide) is the cheap orientation. */
 ORTHOD_API orthod_err_t orthod_ns_step(orthod_backend_t *be, float *x, int64_t batch, int64_t r,
                                        int64_t c, orthod_ns_coef_t coef, bool use_syrk,
                                        orthod_precision_t precision);
