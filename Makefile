@@ -1,4 +1,5 @@
-# Thin wrapper over CMake for the README's commands. `make run`, `make test`, `make bench-ns`.
+# Thin wrapper over CMake for the README's commands. `make run` (the daemon with its defaults),
+# `make test`, `make demo` (the engine on its own), `make bench-ns`.
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 BUILD_TYPE ?= RelWithDebInfo
@@ -6,7 +7,7 @@ CMAKE_ARGS ?=
 JOBS       ?= $(shell nproc)
 PYTHON     := /usr/bin/python3
 
-.PHONY: all deps configure build run test test-asan bench-ns clean
+.PHONY: all deps configure build run demo test test-asan bench-ns clean
 
 all: build
 
@@ -19,7 +20,12 @@ configure: deps
 build: configure
 	@cmake --build $(BUILD) -j$(JOBS)
 
+# The daemon on 127.0.0.1:50051 with state in ./orthod-data; Ctrl-C drains and stops it.
+# Extra flags: make run ARGS="--log-level debug".
 run: build
+	./$(BUILD)/orthod $(ARGS)
+
+demo: build
 	./$(BUILD)/orthod-demo
 
 # Every test: the normal build (unit suites, float64 reference trajectories), then the unit

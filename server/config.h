@@ -4,7 +4,10 @@
  * Precedence, lowest to highest: built-in defaults, config file (--config FILE or ORTHOD_CONFIG),
  * environment (ORTHOD_<KEY> with '-' → '_', upper case: ORTHOD_MEMORY_LIMIT), flags (--key=value or
  * --key value; booleans also as --key / --no-key). Every value is validated; the first bad one
- * stops the start with its name, its source and the reason. */
+ * stops the start with its name, its source and the reason. After all sources: chunk_bytes must
+ * be at most max_message_bytes - 1 KiB, and a listen address beyond loopback needs
+ * allow_insecure_remote. ORTHOD_* variables that are not keys are ignored. docs/OPERATIONS.md
+ * describes every key; deploy/orthod.conf is a sample file. */
 #ifndef ORTHOD_SERVER_CONFIG_H
 #define ORTHOD_SERVER_CONFIG_H
 
@@ -16,7 +19,17 @@
 #include "orthod/log.h"
 
 #define ORTHOD_PROTOCOL_VERSION 1
+#define ORTHOD_VERSION_STRING "0.1.0" /* keep equal to project(VERSION) in CMakeLists.txt */
 #define ORTHOD_CONFIG_PATH_MAX 1024
+#define ORTHOD_CONFIG_KEYS_MAX 32 /* room for the table's keys (see config.c) */
+
+/* Where a key's value came from, lowest precedence first. */
+typedef enum {
+  ORTHOD_CONFIG_SRC_DEFAULT = 0,
+  ORTHOD_CONFIG_SRC_FILE = 1,
+  ORTHOD_CONFIG_SRC_ENV = 2,
+  ORTHOD_CONFIG_SRC_FLAG = 3,
+} orthod_config_source_t;
 
 typedef enum {
   ORTHOD_NONFINITE_REJECT = 0, /* INVALID_ARGUMENT, nothing applied, step counter unchanged */
@@ -51,6 +64,9 @@ typedef struct orthod_server_config {
   char config_file[ORTHOD_CONFIG_PATH_MAX]; /* --config / ORTHOD_CONFIG, default none */
   orthod_log_level_t log_level;  /* --log-level error|warn|info|debug, default info */
   orthod_log_format_t log_format; /* --log-format text|json, default text */
+  /* bookkeeping: orthod_config_source_t of each key, in table order (for the effective-config
+     log); read it through orthod_server_config_source */
+  unsigned char source_[ORTHOD_CONFIG_KEYS_MAX];
 } orthod_server_config_t;
 
 typedef enum {
@@ -72,6 +88,19 @@ void orthod_server_config_help(FILE *out);
 
 /* Log the effective configuration (one line per key, level info) through ORTHOD_LOG. */
 void orthod_server_config_log(const orthod_server_config_t *c);
+
+/* Keys of the table in order ("listen", "allow-insecure-remote", ...); NULL past the end. */
+const char *orthod_server_config_key_name(size_t i);
+
+/* Where key's current value came from: "default", "file", "env" or "flag"; NULL for an unknown
+ * key. */
+const char *orthod_server_config_source(const orthod_server_config_t *c, const char *key);
+
+/* The sample config file (deploy/orthod.conf): every key with its help and its default. */
+void orthod_server_config_write_sample(FILE *out);
+
+/* The Markdown table of keys for docs/OPERATIONS.md (key, flag, environment, default, range). */
+void orthod_server_config_write_markdown(FILE *out);
 
 /* True when the host part of a listen address is loopback (127.0.0.0/8, ::1, localhost). */
 bool orthod_listen_is_loopback(const char *listen);

@@ -6,10 +6,11 @@
  * and send raw response bytes; they decode/encode with protobuf-c.
  *
  * Reads: after on_start the framework keeps one RECV_MESSAGE outstanding and delivers each message
- * to on_message (unary and server-streaming methods receive exactly one message, then
- * on_half_close). Writes: orthod_call_send queues a message; one SEND_MESSAGE is in flight at a
- * time; when the queue empties, on_writable is called (producers of long streams send a few
- * chunks, then wait for on_writable). orthod_call_finish sends the status after the queued
+ * to on_message (unary and server-streaming methods receive exactly one message, delivered when
+ * the client half-closes, then on_half_close; a second message ends the call with
+ * INVALID_ARGUMENT before the handler sees either). Writes: orthod_call_send queues a message;
+ * one SEND_MESSAGE is in flight at a time; when the queue empties, on_writable is called
+ * (producers of long streams send a few chunks, then wait for on_writable). orthod_call_finish sends the status after the queued
  * messages. on_done is called exactly once, when every operation of the call has completed
  * (finished, cancelled by the peer, deadline exceeded, or cancelled at shutdown); after it
  * returns the call is freed. */
@@ -73,11 +74,17 @@ int orthod_rpc_server_port(const orthod_rpc_server_t *srv);
 /* Start serving: the completion-queue thread begins and calls are requested. */
 int orthod_rpc_server_start(orthod_rpc_server_t *srv);
 
-/* Stop accepting calls; in-flight calls continue. `drained` runs on the loop once every call has
- * ended (on_done delivered) or after cancel_all. */
+/* Begin the drain. The calls in flight continue; calls that still arrive are handed to the
+ * handlers as usual, which answer them UNAVAILABLE (the service and health do once drained), so
+ * that no client sees the bare CANCELLED gRPC gives a call reaching a server that has stopped.
+ * When the calls that were in flight have ended (or cancel_all was called twice, or could not end
+ * a call gracefully), gRPC is shut down and every connection closed. `drained` runs on the loop
+ * once that is done and every call has ended (on_done delivered). */
 void orthod_rpc_server_shutdown(orthod_rpc_server_t *srv, void (*drained)(void *arg), void *arg);
 
-/* Cancel every in-flight call (each gets on_done(cancelled = true)). */
+/* Cancel every in-flight call (each gets on_done(cancelled = true)): a call with no message
+ * being sent ends with UNAVAILABLE "orthod is shutting down" after dropping its queue; others,
+ * and every call on a second cancel_all, are cancelled outright. */
 void orthod_rpc_server_cancel_all(orthod_rpc_server_t *srv);
 
 /* Join the thread and free everything; only after `drained` ran. */

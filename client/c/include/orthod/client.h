@@ -1,0 +1,283 @@
+/* orthod/client.h — liborthod-client: the orthod.v1 API from C, over gRPC core.
+ *
+ * Every function that talks to the daemon returns an int status: the gRPC status code (0 = OK,
+ * 5 = NOT_FOUND, ...; see orthod_client_status_name) and, on failure, fills the handle's
+ * last-error message "CODE_NAME: message" (orthod_client_last_error, orthod_step_last_error).
+ * Errors found by the client itself (bad arguments, a reply that does not cover a buffer) use
+ * the same codes: INVALID_ARGUMENT for bad arguments, DATA_LOSS for malformed replies,
+ * RESOURCE_EXHAUSTED for memory. Nothing here calls exit() or aborts on bad input.
+ *
+ * Threads: a handle (client or step stream) is used by one thread at a time. Different clients
+ * may be used from different threads; a step stream may run on another thread than its client
+ * (it has its own completion queue and its own last-error), but every stream must be destroyed
+ * before its client. Calls block the calling thread; there are no callbacks from other threads.
+ *
+ * Tensor data: caller buffers are flat, row-major, in a host dtype (f32, bf16 or f16); the wire
+ * dtype may differ, conversions use round-to-nearest-even like the daemon. Data moves in chunks
+ * of options.chunk_bytes (default 1 MiB). */
+#ifndef ORTHOD_CLIENT_H
+#define ORTHOD_CLIENT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#if defined(__GNUC__)
+#define ORTHOD_CLIENT_API __attribute__((visibility("default")))
+#else
+#define ORTHOD_CLIENT_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ORTHOD_CLIENT_PROTOCOL_VERSION 1 /* sent as metadata orthod-protocol-version */
+#define ORTHOD_CLIENT_MAX_DIMS 8
+#define ORTHOD_CLIENT_NAME_MAX 255 /* bytes of a parameter name */
+
+typedef struct orthod_client orthod_client_t;
+typedef struct orthod_step_stream orthod_step_stream_t;
+
+/* Element types; the values are those of orthod.v1.DType. 0 (DEFAULT) means F32. */
+typedef enum {
+  ORTHOD_CLIENT_DEFAULT = 0,
+  ORTHOD_CLIENT_F32 = 1,  /* IEEE binary32, 4 bytes */
+  ORTHOD_CLIENT_BF16 = 2, /* bfloat16 (uint16_t bit patterns), 2 bytes */
+  ORTHOD_CLIENT_F16 = 3,  /* IEEE binary16 (uint16_t bit patterns), 2 bytes */
+} orthod_client_dtype_t;
+
+/* How the pushes of several workers combine; values of orthod.v1.SyncMode. */
+typedef enum {
+  ORTHOD_SYNC_DEFAULT = 0, /* SYNC when workers > 1, else ASYNC */
+  ORTHOD_SYNC = 1,
+  ORTHOD_ASYNC = 2,
+} orthod_sync_mode_t;
+
+/* ---- client -------------------------------------------------------------------------------- */
+
+typedef struct orthod_client_options {
+  int64_t deadline_ms;           /* per unary call, Upload and Pull, and per step wait; 0: none
+                                    (default 60000) */
+  size_t chunk_bytes;            /* bytes of tensor data per message (default 1 MiB) */
+  size_t max_message_bytes;      /* largest message received (default 64 MiB) */
+  unsigned keepalive_time_ms;    /* HTTP/2 ping interval while calls are open, so idle Step
+                                    streams survive NATs and load balancers; 0: off; otherwise
+                                    at least 10000, the daemon's permit (default 30000) */
+  unsigned keepalive_timeout_ms; /* a ping unanswered this long closes the connection (20000) */
+  const char *token;             /* bearer token sent as "authorization: Bearer <token>"; NULL:
+                                    none (copied at create) */
+} orthod_client_options_t;
+
+/* Fill opts with the defaults above. */
+ORTHOD_CLIENT_API void orthod_client_options_init(orthod_client_options_t *opts);
+
+/* Create a client for `address` ("host:port", any gRPC target). opts may be NULL (defaults).
+ * Connection happens lazily, at the first call. On success *out owns the client (free it with
+ * orthod_client_destroy); on failure *out is NULL and the status says why. */
+ORTHOD_CLIENT_API int orthod_client_create(const char *address,
+                                           const orthod_client_options_t *opts,
+                                           orthod_client_t **out);
+
+/* Close the channel and free the client (NULL is a no-op). Destroy its step streams first. */
+ORTHOD_CLIENT_API void orthod_client_destroy(orthod_client_t *client);
+
+/* The last error of a call on this client: "NOT_FOUND: parameter 'x' not found"; "" after a
+ * success. Valid until the next call on the client. */
+ORTHOD_CLIENT_API const char *orthod_client_last_error(const orthod_client_t *client);
+
+/* "OK", "CANCELLED", ... "UNAUTHENTICATED" for a gRPC status code; "UNKNOWN" outside 0..16. */
+ORTHOD_CLIENT_API const char *orthod_client_status_name(int status);
+
+/* Bytes per element of a dtype (DEFAULT counts as F32); 0 if invalid. */
+ORTHOD_CLIENT_API size_t orthod_client_dtype_size(orthod_client_dtype_t dtype);
+
+/* Convert n elements between dtypes (round-to-nearest-even); dst and src must not overlap
+ * unless the dtypes are equal. Returns 0 or INVALID_ARGUMENT for a bad dtype. */
+ORTHOD_CLIENT_API int orthod_client_convert(void *dst, orthod_client_dtype_t dst_dtype,
+                                            const void *src, orthod_client_dtype_t src_dtype,
+                                            size_t n);
+
+/* ---- parameters ---------------------------------------------------------------------------- */
+
+typedef struct orthod_option {
+  const char *key;   /* engine key: "lr", "split_rows", ... (docs/ENGINE.md) */
+  const char *value; /* its text: "0.02", "32,32,32" */
+} orthod_option_t;
+
+/* Everything that defines a parameter (borrowed by orthod_register). */
+typedef struct orthod_param_spec {
+  const char *name;                       /* 1..255 bytes */
+  int ndim;                               /* 1..8 */
+  int64_t shape[ORTHOD_CLIENT_MAX_DIMS];  /* each >= 1 */
+  const char *algorithm;                  /* "muon", "adamw", ...; NULL/"": daemon's choice */
+  const orthod_option_t *options;         /* n_options hyper-parameters over the defaults */
+  size_t n_options;
+  uint32_t workers;                       /* data-parallel workers; 0 means 1 */
+  orthod_sync_mode_t sync_mode;
+  uint64_t max_staleness;                 /* ASYNC: accepted steps behind the current one */
+  uint32_t sync_timeout_ms;               /* SYNC: wait for missing workers; 0: daemon default */
+} orthod_param_spec_t;
+
+/* What the daemon reports about a parameter. Strings and options are owned by the info: free
+ * them with orthod_param_info_clear. */
+typedef struct orthod_param_info {
+  char *name;
+  int ndim;
+  int64_t shape[ORTHOD_CLIENT_MAX_DIMS];
+  char *algorithm;
+  orthod_option_t *options;               /* the effective value of every key */
+  size_t n_options;
+  uint32_t workers;
+  orthod_sync_mode_t sync_mode;
+  uint64_t max_staleness;
+  uint32_t sync_timeout_ms;
+  uint64_t step;                          /* optimizer steps applied so far */
+  uint64_t elements;                      /* product of the shape */
+  uint64_t device_bytes;                  /* weights + optimizer state on the device */
+  void *storage_;                         /* private: the allocation behind the pointers */
+} orthod_param_info_t;
+
+/* Free what an info owns and zero it (safe on a zeroed info and twice). */
+ORTHOD_CLIENT_API void orthod_param_info_clear(orthod_param_info_t *info);
+
+/* Value of option `key` in an info, NULL if absent. */
+ORTHOD_CLIENT_API const char *orthod_param_info_option(const orthod_param_info_t *info,
+                                                       const char *key);
+
+/* Register a parameter (idempotent for an identical spec; ALREADY_EXISTS for a different one).
+ * info (may be NULL) receives the parameter as registered; created (may be NULL) tells whether
+ * it is new. */
+ORTHOD_CLIENT_API int orthod_register(orthod_client_t *client, const orthod_param_spec_t *spec,
+                                      orthod_param_info_t *info, bool *created);
+
+/* Describe one parameter into info (clear it afterwards). */
+ORTHOD_CLIENT_API int orthod_describe(orthod_client_t *client, const char *name,
+                                      orthod_param_info_t *info);
+
+/* Drop a parameter; step (may be NULL) receives the counter it had. */
+ORTHOD_CLIENT_API int orthod_drop(orthod_client_t *client, const char *name, uint64_t *step);
+
+/* Change hyper-parameters; info (may be NULL) receives the result. */
+ORTHOD_CLIENT_API int orthod_set_config(orthod_client_t *client, const char *name,
+                                        const orthod_option_t *options, size_t n_options,
+                                        orthod_param_info_t *info);
+
+typedef struct orthod_param_list {
+  orthod_param_info_t *params; /* n, in name order */
+  size_t n;
+  uint64_t device_bytes_used;
+  uint64_t device_bytes_limit; /* 0: no limit */
+} orthod_param_list_t;
+
+/* List the parameters whose names start with prefix (NULL or "": all) into *list; free it with
+ * orthod_param_list_clear. */
+ORTHOD_CLIENT_API int orthod_list(orthod_client_t *client, const char *prefix,
+                                  orthod_param_list_t *list);
+ORTHOD_CLIENT_API void orthod_param_list_clear(orthod_param_list_t *list);
+
+/* grpc.health.v1.Health/Check for `service` (NULL or "": the whole server). serving (may be
+ * NULL) receives the ServingStatus: 1 SERVING, 2 NOT_SERVING, 0 UNKNOWN. */
+ORTHOD_CLIENT_API int orthod_health_check(orthod_client_t *client, const char *service,
+                                          int *serving);
+
+/* ---- weights: upload and pull ------------------------------------------------------------ */
+
+/* A caller buffer holding (upload) or receiving (pull) one parameter's weights. */
+typedef struct orthod_tensor {
+  const char *name;
+  void *data;                  /* `elements` values of `dtype`; const for uploads */
+  orthod_client_dtype_t dtype; /* host dtype of data */
+  size_t elements;             /* must equal the parameter's element count */
+  uint64_t step;               /* pull: out, the parameter's step counter */
+} orthod_tensor_t;
+
+/* Set the weights of n parameters in one Upload call (all written at once, or none). wire is
+ * the dtype sent (DEFAULT: each tensor's own dtype). infos (may be NULL) receives up to n
+ * ParameterInfo (clear each); n_infos (may be NULL) how many. */
+ORTHOD_CLIENT_API int orthod_upload(orthod_client_t *client, const orthod_tensor_t *tensors,
+                                    size_t n, orthod_client_dtype_t wire,
+                                    orthod_param_info_t *infos, size_t *n_infos);
+
+/* Pull the current weights of n parameters into their buffers (converted from `wire`, DEFAULT:
+ * F32), checking that every element is covered exactly once; tensors[i].step receives the
+ * counter. */
+ORTHOD_CLIENT_API int orthod_pull(orthod_client_t *client, orthod_tensor_t *tensors, size_t n,
+                                  orthod_client_dtype_t wire);
+
+/* One chunk of a pull, as the callback sees it (valid during the callback only). */
+typedef struct orthod_pull_chunk {
+  const char *name;
+  uint64_t step;
+  int ndim;                              /* the parameter's shape (repeated on every chunk) */
+  const int64_t *shape;
+  uint64_t elements;                     /* product of the shape */
+  uint64_t offset;                       /* first element of this chunk */
+  size_t count;                          /* elements in this chunk */
+  orthod_client_dtype_t dtype;           /* of data (the wire dtype) */
+  const void *data;                      /* count elements; not aligned: memcpy it */
+  bool first;                            /* first chunk of this parameter */
+  bool last;                             /* last chunk of this parameter */
+} orthod_pull_chunk_t;
+
+/* Return 0 to go on; anything else cancels the pull (status CANCELLED). */
+typedef int (*orthod_pull_cb)(void *arg, const orthod_pull_chunk_t *chunk);
+
+/* Pull n named parameters (n == 0: every parameter, in name order), calling cb per chunk. */
+ORTHOD_CLIENT_API int orthod_pull_each(orthod_client_t *client, const char *const *names,
+                                       size_t n, orthod_client_dtype_t wire, orthod_pull_cb cb,
+                                       void *arg);
+
+/* ---- the training loop: step streams ----------------------------------------------------- */
+
+/* One parameter's push: its gradient goes out, its new weights come back into `weights`.
+ * The caller owns the item and its buffers until the push is answered (orthod_step_wait). */
+typedef struct orthod_step_item {
+  const char *name;
+  uint64_t step;                    /* the parameter's counter the gradient was computed at */
+  const void *grad;                 /* `elements` values of grad_dtype */
+  orthod_client_dtype_t grad_dtype; /* host dtype of grad */
+  orthod_client_dtype_t grad_wire;  /* dtype on the wire (DEFAULT: grad_dtype) */
+  size_t elements;
+  bool has_lr;                      /* send lr (a schedule) instead of the configured one */
+  double lr;
+  void *weights;                    /* receives the new weights; NULL: no_reply push */
+  orthod_client_dtype_t weights_dtype; /* host dtype of weights */
+  orthod_client_dtype_t reply_dtype;   /* dtype on the wire (DEFAULT: weights_dtype) */
+  uint64_t new_step;                /* out: the counter after the update (0 for no_reply) */
+} orthod_step_item_t;
+
+/* Open a Step stream (one bidirectional call, meant to stay open for the whole training run).
+ * *out owns it: orthod_step_finish and/or orthod_step_destroy. */
+ORTHOD_CLIENT_API int orthod_step_open(orthod_client_t *client, orthod_step_stream_t **out);
+
+/* Send the gradients of n items as worker `worker_rank` without waiting for the replies (so
+ * several workers or streams can push before anyone waits). Replies that arrive meanwhile are
+ * consumed. Items stay pending until orthod_step_wait. */
+ORTHOD_CLIENT_API int orthod_step_push(orthod_step_stream_t *stream, uint32_t worker_rank,
+                                       orthod_step_item_t *items, size_t n);
+
+/* Wait until every pending item has its new weights (each chunk checked: right parameter and
+ * size, every element covered exactly once). Waits at most deadline_ms (then
+ * DEADLINE_EXCEEDED and the stream is cancelled). */
+ORTHOD_CLIENT_API int orthod_step_wait(orthod_step_stream_t *stream);
+
+/* orthod_step_push then orthod_step_wait. */
+ORTHOD_CLIENT_API int orthod_step(orthod_step_stream_t *stream, uint32_t worker_rank,
+                                  orthod_step_item_t *items, size_t n);
+
+/* The stream's last error ("" after a success). After an error from the daemon, the transport
+ * or a reply check the stream is over: every later call returns the same status; open a new
+ * one. Argument errors (INVALID_ARGUMENT before anything was sent) leave it usable. */
+ORTHOD_CLIENT_API const char *orthod_step_last_error(const orthod_step_stream_t *stream);
+
+/* Half-close the stream and return the daemon's final status (waits for pending replies first). */
+ORTHOD_CLIENT_API int orthod_step_finish(orthod_step_stream_t *stream);
+
+/* Cancel the stream if still open and free it (NULL is a no-op). */
+ORTHOD_CLIENT_API void orthod_step_destroy(orthod_step_stream_t *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
