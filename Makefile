@@ -1,5 +1,5 @@
 # Thin wrapper over CMake for the README's commands. `make run` (the daemon with its defaults),
-# `make test`, `make demo` (the engine on its own), `make bench-ns`.
+# `make test`, `make demo` (the engine on its own), `make bench-ns`, `make bench-e2e`.
 BUILD      ?= build
 ASAN_BUILD ?= build-asan
 BUILD_TYPE ?= RelWithDebInfo
@@ -7,7 +7,7 @@ CMAKE_ARGS ?=
 JOBS       ?= $(shell nproc)
 PYTHON     := /usr/bin/python3
 
-.PHONY: all deps configure build run demo test test-asan bench-ns clean
+.PHONY: all deps configure build run demo test test-asan bench-ns bench-e2e clean
 
 all: build
 
@@ -42,6 +42,11 @@ test-asan: deps
 
 bench-ns: build
 	$(PYTHON) tests/bench/bench_ns.py --bin $(BUILD)/bench_ns
+
+# GPT-2 small through the daemon and one C client vs the floor (loopback TCP, compute-only).
+# Extra flags: make bench-e2e ARGS="--layers 4 --steps 3".
+bench-e2e: build
+	./$(BUILD)/bench_e2e --orthod ./$(BUILD)/orthod $(ARGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

@@ -13,6 +13,7 @@ PACKAGES=(
   protobuf-c-compiler libprotobuf-c-dev  # protoc-c and the protobuf-c runtime (C messages)
   protobuf-compiler protobuf-compiler-grpc  # protoc + grpc_python_plugin (Python stubs)
   python3-grpcio python3-protobuf    # Python integration tests and client
+  python3-torch                      # the training-run tests of the Python client
 )
 
 missing=()
@@ -20,6 +21,11 @@ for pkg in "${PACKAGES[@]}"; do
   status=$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)
   [[ "$status" == "install ok installed" ]] || missing+=("$pkg")
 done
+# The Node.js client example: any node + npm on PATH will do (e.g. a NodeSource build); without
+# them, Debian's.
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
 if [[ ${#missing[@]} -eq 0 ]]; then
   exit 0
 fi

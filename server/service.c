@@ -45,7 +45,13 @@
  *   open Upload streams end with UNAVAILABLE, Step streams end with UNAVAILABLE once the replies
  *   of their in-flight steps are sent; Pull streams finish what they were sending.
  * - Replies stream in chunks of --chunk-bytes of data; at most about four chunks are queued on a
- *   call at a time, the rest follows on on_writable, so a slow reader holds little memory. */
+ *   call at a time, the rest follows on on_writable, so a slow reader holds little memory. The
+ *   weights are read back once per step in fp32 and converted chunk by chunk to each stream's
+ *   reply dtype. Pull reads one parameter at a time (at most two are held per call).
+ * - SetConfig: options apply over the current configuration; a key that defines the state
+ *   layout (algo, split_rows, num_heads, role, moment2_method, amsgrad, hook) is accepted only
+ *   with the value it already has.
+ * - Error statuses are logged at info with the peer; cancelled calls at debug. */
 #include "service.h"
 
 #include <inttypes.h>
@@ -54,6 +60,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "chunks.h"
 #include "orthod/log.h"
@@ -321,6 +328,12 @@ static void ctx_fail(ctx_t *ctx, grpc_status_code code, const char *fmt, ...) {
 /* Fail with an engine error: its gRPC code and "<prefix>: <detail>". */
 static void ctx_fail_err(ctx_t *ctx, orthod_err_t err, const char *detail) {
   ctx_end(ctx, orthod_status_from_err(err), detail && detail[0] ? detail : orthod_strerror(err));
+}
+
+/* Host memory ran out while handling the call: the call fails, the daemon goes on. */
+static void ctx_oom(ctx_t *ctx) {
+  ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of host memory handling %s",
+           method_names[ctx->method]);
 }
 
 static void ctx_reply(ctx_t *ctx, const ProtobufCMessage *msg) {
@@ -603,7 +616,7 @@ static void info_free(info_t *b) {
 /* Reply with one ParameterInfo (Describe, SetConfig). */
 static void reply_info(ctx_t *ctx, const param_t *p) {
   info_t b;
-  if (info_build(p, &p->cfg, &b) != 0) ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  if (info_build(p, &p->cfg, &b) != 0) ctx_oom(ctx);
   else ctx_reply(ctx, &b.info.base);
   info_free(&b);
 }
@@ -679,7 +692,7 @@ static void reg_done(orthod_job_t *job) {
     if (ctx_alive(ctx)) {
       info_t b;
       if (info_build(p, &p->cfg, &b) != 0) {
-        ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        ctx_oom(ctx);
       } else {
         Orthod__V1__RegisterResponse r = ORTHOD__V1__REGISTER_RESPONSE__INIT;
         r.info = &b.info;
@@ -753,7 +766,7 @@ static void handle_register(ctx_t *ctx, const uint8_t *data, size_t len) {
   char err[MSG_MAX];
   param_t *p = calloc(1, sizeof *p);
   if (p == NULL) {
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
     goto out;
   }
   p->svc = svc;
@@ -845,7 +858,7 @@ static void handle_register(ctx_t *ctx, const uint8_t *data, size_t len) {
   }
   p->name = strdup(name);
   if (p->name == NULL) {
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
     goto out;
   }
   param_t *have = registry_get(svc, name);
@@ -860,7 +873,7 @@ static void handle_register(ctx_t *ctx, const uint8_t *data, size_t len) {
     if (have->live) { /* identical and there: idempotent retry */
       info_t b;
       if (info_build(have, &have->cfg, &b) != 0) {
-        ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        ctx_oom(ctx);
       } else {
         Orthod__V1__RegisterResponse r = ORTHOD__V1__REGISTER_RESPONSE__INIT;
         r.info = &b.info;
@@ -882,14 +895,14 @@ static void handle_register(ctx_t *ctx, const uint8_t *data, size_t len) {
       goto out;
     }
     if (registry_insert(svc, p) != 0) {
-      ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      ctx_oom(ctx);
       goto out;
     }
   }
   reg_job_t *j = calloc(1, sizeof *j);
   if (j == NULL) {
     if (!p->live && p->reg_pending == 0) registry_remove(svc, p);
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
     goto out;
   }
   p->reg_pending++;
@@ -962,7 +975,7 @@ static void write_done(orthod_job_t *job) {
       if (ok) ip[i] = &bs[i].info;
     }
     if (!ok) {
-      ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      ctx_oom(ctx);
     } else {
       r.n_params = j->n;
       r.params = ip;
@@ -1030,7 +1043,7 @@ static void handle_upload(ctx_t *ctx, const uint8_t *data, size_t len) {
       size_t cap = ctx->cap_upl ? ctx->cap_upl * 2 : 4;
       upl_t *n = realloc(ctx->upl, cap * sizeof *n);
       if (n == NULL) {
-        ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        ctx_oom(ctx);
         goto out;
       }
       ctx->upl = n;
@@ -1039,7 +1052,7 @@ static void handle_upload(ctx_t *ctx, const uint8_t *data, size_t len) {
     u = &ctx->upl[ctx->n_upl];
     u->chunks = orthod_chunks_create(p->numel);
     if (u->chunks == NULL) {
-      ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      ctx_oom(ctx);
       goto out;
     }
     u->p = p;
@@ -1092,7 +1105,7 @@ static void upload_half_close(ctx_t *ctx) {
       free(j->steps);
     }
     free(j);
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
     return;
   }
   j->n = n;
@@ -1371,7 +1384,7 @@ static void fire(param_t *p, push_t **pushes, uint32_t n) {
       }
       pusher_t *a2 = realloc(j->pushers, (j->n_pushers + 1) * sizeof *a2);
       if (a2 == NULL) {
-        ctx_end(ps[i].ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        ctx_oom(ps[i].ctx);
         ctx_release(ps[i].ctx);
         continue;
       }
@@ -1443,7 +1456,7 @@ static void push_completed(ctx_t *ctx, push_t *push) {
   }
   push_t **group = calloc(p->workers, sizeof *group);
   if (group == NULL) {
-    ctx_end(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
     return;
   }
   uint32_t have = 0;
@@ -1546,7 +1559,7 @@ static void handle_step(ctx_t *ctx, const uint8_t *data, size_t len) {
     push = calloc(1, sizeof *push);
     if (push == NULL || (push->chunks = orthod_chunks_create(p->numel)) == NULL) {
       free(push);
-      ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      ctx_oom(ctx);
       goto out;
     }
     push->p = p;
@@ -1563,7 +1576,7 @@ static void handle_step(ctx_t *ctx, const uint8_t *data, size_t len) {
       push_unlink_param(push);
       push_free(push);
     }
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
     goto out;
   }
   if (orthod_chunks_complete(push->chunks)) {
@@ -1674,7 +1687,7 @@ static void pull_fetch(ctx_t *ctx) {
          ctx->pull_next < ctx->n_pull) {
     read_job_t *j = calloc(1, sizeof *j);
     if (j == NULL) {
-      ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+      ctx_oom(ctx);
       return;
     }
     ctx->inflight++;
@@ -1697,7 +1710,7 @@ static void handle_pull(ctx_t *ctx, const uint8_t *data, size_t len) {
   size_t n = req->n_names ? req->n_names : svc->n_params;
   ctx->pull = calloc(n ? n : 1, sizeof *ctx->pull);
   if (ctx->pull == NULL) {
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
     goto out;
   }
   if (req->n_names) {
@@ -1743,7 +1756,7 @@ static void handle_list(ctx_t *ctx, const uint8_t *data, size_t len) {
     n++;
   }
   if (!ok) {
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
   } else {
     Orthod__V1__ListResponse r = ORTHOD__V1__LIST_RESPONSE__INIT;
     r.n_params = n;
@@ -1810,7 +1823,7 @@ static void handle_drop(ctx_t *ctx, const uint8_t *data, size_t len) {
   if (p == NULL) {
     ctx_fail(ctx, GRPC_STATUS_NOT_FOUND, "parameter '%s' is not registered", req->name);
   } else if (j == NULL) {
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
   } else {
     p->refs++;
     registry_remove(svc, p);
@@ -1869,12 +1882,14 @@ static bool cfg_equal(const orthod_optim_config_t *a, const orthod_optim_config_
   return true;
 }
 
-/* Keys that define the state layout: they may be given only with their current value. */
+/* Keys that define the state layout: they may be given only with their current value. The
+ * engine's key table matches keys in any case (and has aliases, none of them for these keys), so
+ * the match here ignores case too: "ROLE" is the key "role". */
 static bool layout_key(const char *key) {
   static const char *const keys[] = {"algo",      "split_rows", "num_heads", "role",
                                      "moment2_method", "amsgrad", "hook"};
   for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-    if (strcmp(keys[i], key) == 0) return true;
+    if (strcasecmp(keys[i], key) == 0) return true;
   return false;
 }
 
@@ -1925,7 +1940,7 @@ static void handle_setconfig(ctx_t *ctx, const uint8_t *data, size_t len) {
   }
   cfg_job_t *j = calloc(1, sizeof *j);
   if (j == NULL) {
-    ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    ctx_oom(ctx);
     goto out;
   }
   j->cfg = cfg;
