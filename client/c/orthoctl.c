@@ -1,6 +1,8 @@
 /* orthoctl.c — command-line tool for an orthod daemon: health, list, describe, pull to .npy,
- * drop, set hyper-parameters, and a step benchmark. Exit codes: 0 ok, 1 the daemon (or the
- * connection) reported an error, 2 usage. */
+ * drop, set hyper-parameters, and a step benchmark; with --shards, for a set of daemons that a
+ * sharded client spreads parameters over (orthod/shard.h): commands on a NAME go to the daemon
+ * that owns it, the others run on every daemon, and `where` prints the owners. Exit codes: 0 ok,
+ * 1 the daemon (or the connection) reported an error, 2 usage. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include "orthod/client.h"
+#include "orthod/shard.h"
 
 #define EXIT_RPC 1
 #define EXIT_USAGE 2
@@ -19,7 +22,16 @@ typedef struct {
   const char *addr;
   int64_t timeout_ms;
   const char *token;
+  const char *const *shards; /* --shards: the addresses, in order (NULL: none) */
+  size_t n_shards;
 } globals_t;
+
+/* How a command runs under --shards. */
+typedef enum {
+  ON_EACH, /* once per shard, each under a "== shard I (ADDR)" line */
+  BY_NAME, /* on the shard that owns its NAME argument */
+  LOCAL,   /* needs no daemon */
+} shard_mode_t;
 
 typedef int (*command_fn)(orthod_client_t *c, const globals_t *g, int argc, char **argv);
 
@@ -29,6 +41,7 @@ typedef struct {
   const char *args;    /* synopsis after the name */
   const char *summary; /* one line for the overview */
   const char *help;    /* the rest of `orthoctl NAME --help` */
+  shard_mode_t mode;
 } command_t;
 
 static int rpc_error(orthod_client_t *c) {
@@ -465,42 +478,66 @@ out:
   return rc;
 }
 
+/* ---- where ----------------------------------------------------------------------------------- */
+
+static int cmd_where(orthod_client_t *c, const globals_t *g, int argc, char **argv) {
+  (void)c;
+  if (argc < 2) return usage_error("where", "%s", "needs at least one NAME");
+  const char *one[1] = {g->addr};
+  const char *const *addrs = g->shards ? g->shards : one;
+  size_t n = g->shards ? g->n_shards : 1;
+  for (int i = 1; i < argc; i++) {
+    size_t k = orthod_shard_placement(addrs, n, argv[i]);
+    printf("%s\t%zu\t%s\n", argv[i], k, addrs[k]);
+  }
+  return 0;
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 static const command_t commands[] = {
     {"health", cmd_health, "", "check that the daemon serves (grpc.health.v1)",
      "Prints ADDR: SERVING and exits 0, or exits 1 when the daemon is not serving or cannot be\n"
-     "reached.\n"},
+     "reached.\n", ON_EACH},
     {"list", cmd_list, "[PREFIX]", "table of parameters (name, shape, algorithm, step, MiB, mode)",
      "Lists the parameters whose names start with PREFIX (all without it), in name order, with\n"
-     "their device memory (weights + optimizer state) and the device total.\n"},
+     "their device memory (weights + optimizer state) and the device total.\n", ON_EACH},
     {"describe", cmd_describe, "NAME", "one parameter and the effective value of every option",
      "Prints the spec the parameter was registered with, its step counter, and every\n"
-     "hyper-parameter with its effective value.\n"},
+     "hyper-parameter with its effective value.\n", BY_NAME},
     {"pull", cmd_pull, "NAME -o FILE.npy [--dtype f32|bf16|f16]", "save current weights as .npy",
      "Writes the parameter's current weights to FILE.npy (NumPy, float32 '<f4', its shape).\n"
      "--dtype picks the dtype on the wire (default f32); with bf16 or f16 the values are\n"
-     "rounded by the daemon and widened back to float32 in the file.\n"},
+     "rounded by the daemon and widened back to float32 in the file.\n", BY_NAME},
     {"drop", cmd_drop, "NAME", "remove a parameter and its optimizer state",
-     "Removes the parameter; prints the step counter it had.\n"},
+     "Removes the parameter; prints the step counter it had.\n", BY_NAME},
     {"set", cmd_set, "NAME KEY=VALUE...", "change hyper-parameters (lr, weight_decay, ...)",
      "Changes hyper-parameters of a registered parameter by the engine's keys (docs/ENGINE.md),\n"
      "e.g. `orthoctl set layer0.w lr=0.01 weight_decay=0`. Keys that define the state layout\n"
-     "(algo, split_rows, num_heads, ...) cannot change. Prints the effective values.\n"},
+     "(algo, split_rows, num_heads, ...) cannot change. Prints the effective values.\n", BY_NAME},
     {"bench", cmd_bench,
      "[--shape 1024x1024] [--steps 10] [--algo muon] [--dtype f32|bf16|f16] [--set KEY=VALUE]",
      "time steps of a temporary parameter",
      "Registers a temporary parameter 'orthoctl-bench-PID', uploads random weights, runs the\n"
      "steps on one Step stream (gradient out, new weights back, --dtype on the wire both ways),\n"
-     "prints step times (first, min, median, mean) and the median throughput, then drops it.\n"},
+     "prints step times (first, min, median, mean) and the median throughput, then drops it.\n",
+     ON_EACH},
+    {"where", cmd_where, "NAME...", "which shard owns each name (with --shards)",
+     "Prints NAME<TAB>INDEX<TAB>ADDRESS for each name: the --shards daemon that the sharded\n"
+     "client's consistent hashing places it on (without --shards, the one --addr daemon).\n"
+     "Contacts no daemon.\n", LOCAL},
 };
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
 
 static void print_usage(FILE *f) {
   fprintf(f,
-          "usage: orthoctl [--addr HOST:PORT] [--timeout MS] [--token TOKEN] COMMAND [ARGS]\n"
+          "usage: orthoctl [--addr HOST:PORT | --shards A,B,...] [--timeout MS] [--token TOKEN]\n"
+          "                COMMAND [ARGS]\n"
           "\n"
           "  --addr HOST:PORT  daemon address (default $ORTHOD_ADDR, else 127.0.0.1:50051)\n"
+          "  --shards A,B,...  the daemons of a sharded client, in its order: describe, pull,\n"
+          "                    drop and set go to the owner of NAME; health, list and bench run\n"
+          "                    on each daemon in turn\n"
           "  --timeout MS      deadline per call in milliseconds (default 60000; 0: none)\n"
           "  --token TOKEN     bearer token (default $ORTHOD_TOKEN)\n"
           "\ncommands:\n");
@@ -510,10 +547,68 @@ static void print_usage(FILE *f) {
              "the daemon or the connection, 2 usage.\n");
 }
 
+/* The NAME argument of a BY_NAME command (the first word that is neither an option nor an
+ * option's value), NULL if none: the command itself then reports the usage error. */
+static const char *name_argument(int argc, char **argv) {
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "-o") == 0 || strcmp(argv[i], "--output") == 0 ||
+        strcmp(argv[i], "--dtype") == 0) {
+      i++;
+      continue;
+    }
+    if (argv[i][0] != '-') return argv[i];
+  }
+  return NULL;
+}
+
+/* Split "A,B,C" into g->shards (pointing into *buf, a copy the caller frees). */
+static int parse_shards(const char *text, globals_t *g, char **buf, const char ***list) {
+  size_t n = 1;
+  for (const char *p = text; *p; p++) n += *p == ',';
+  *buf = strdup(text);
+  *list = calloc(n, sizeof **list);
+  if (*buf == NULL || *list == NULL) return -1;
+  size_t k = 0;
+  for (char *p = *buf, *comma; p != NULL; p = comma ? comma + 1 : NULL) {
+    comma = strchr(p, ',');
+    if (comma) *comma = '\0';
+    if (*p == '\0') return -1;
+    for (size_t j = 0; j < k; j++)
+      if (strcmp((*list)[j], p) == 0) return -1;
+    (*list)[k++] = p;
+  }
+  g->shards = *list;
+  g->n_shards = k;
+  return 0;
+}
+
+/* Create a client for `addr` and run the command on it. */
+static int run_on(const command_t *cmd, const globals_t *g, const char *addr, int argc,
+                  char **argv) {
+  orthod_client_options_t opts;
+  orthod_client_options_init(&opts);
+  if (g->timeout_ms >= 0) opts.deadline_ms = g->timeout_ms;
+  opts.token = g->token;
+  orthod_client_t *c = NULL;
+  int rc = orthod_client_create(addr, &opts, &c);
+  if (rc != 0) {
+    fprintf(stderr, "orthoctl: %s: cannot create a client for '%s'\n",
+            orthod_client_status_name(rc), addr);
+    return EXIT_RPC;
+  }
+  globals_t here = *g;
+  here.addr = addr;
+  rc = cmd->run(c, &here, argc, argv);
+  orthod_client_destroy(c);
+  return rc;
+}
+
 int main(int argc, char **argv) {
   globals_t g = {.addr = getenv("ORTHOD_ADDR"), .timeout_ms = -1, .token = getenv("ORTHOD_TOKEN")};
   if (g.addr == NULL || g.addr[0] == '\0') g.addr = "127.0.0.1:50051";
   if (g.token != NULL && g.token[0] == '\0') g.token = NULL;
+  const char *shards_text = NULL;
+  bool addr_given = false;
   int i = 1;
   for (; i < argc && argv[i][0] == '-'; i++) {
     const char *a = argv[i];
@@ -522,8 +617,14 @@ int main(int argc, char **argv) {
       return 0;
     } else if (strcmp(a, "--addr") == 0 && i + 1 < argc) {
       g.addr = argv[++i];
+      addr_given = true;
     } else if (strncmp(a, "--addr=", 7) == 0) {
       g.addr = a + 7;
+      addr_given = true;
+    } else if (strcmp(a, "--shards") == 0 && i + 1 < argc) {
+      shards_text = argv[++i];
+    } else if (strncmp(a, "--shards=", 9) == 0) {
+      shards_text = a + 9;
     } else if ((strcmp(a, "--timeout") == 0 && i + 1 < argc) || strncmp(a, "--timeout=", 10) == 0) {
       const char *v = a[9] == '=' ? a + 10 : argv[++i];
       char *end;
@@ -553,18 +654,32 @@ int main(int argc, char **argv) {
       return 0;
     }
   }
-  orthod_client_options_t opts;
-  orthod_client_options_init(&opts);
-  if (g.timeout_ms >= 0) opts.deadline_ms = g.timeout_ms;
-  opts.token = g.token;
-  orthod_client_t *c = NULL;
-  int rc = orthod_client_create(g.addr, &opts, &c);
-  if (rc != 0) {
-    fprintf(stderr, "orthoctl: %s: cannot create a client for '%s'\n",
-            orthod_client_status_name(rc), g.addr);
-    return EXIT_RPC;
+  if (shards_text == NULL) return run_on(cmd, &g, g.addr, argc - i, argv + i);
+
+  if (addr_given) return usage_error(NULL, "%s", "--addr and --shards exclude each other");
+  char *buf = NULL;
+  const char **list = NULL;
+  int rc;
+  if (parse_shards(shards_text, &g, &buf, &list) != 0) {
+    rc = usage_error(NULL, "bad --shards '%s' (distinct, non-empty addresses: A,B,...)",
+                     shards_text);
+  } else if (cmd->mode == LOCAL) {
+    rc = cmd->run(NULL, &g, argc - i, argv + i);
+  } else if (cmd->mode == BY_NAME) {
+    const char *name = name_argument(argc - i, argv + i);
+    size_t k = name ? orthod_shard_placement(g.shards, g.n_shards, name) : 0;
+    rc = run_on(cmd, &g, g.shards[k], argc - i, argv + i);
+  } else {
+    rc = 0;
+    for (size_t k = 0; k < g.n_shards; k++) {
+      printf("== shard %zu (%s)\n", k, g.shards[k]);
+      fflush(stdout);
+      int r = run_on(cmd, &g, g.shards[k], argc - i, argv + i);
+      if (r > rc) rc = r;
+      if (r == EXIT_USAGE) break;
+    }
   }
-  rc = cmd->run(c, &g, argc - i, argv + i);
-  orthod_client_destroy(c);
+  free(list);
+  free(buf);
   return rc;
 }
