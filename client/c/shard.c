@@ -1,6 +1,7 @@
-/* shard.c — the sharded client: a consistent-hash ring of FNV-1a points over the shard
- * addresses, calls routed by parameter name, and multi-shard calls (Step, Upload, Pull, List,
- * Health) run with one thread per shard, each on that shard's own orthod_client_t. */
+/* shard.c — the sharded client: a consistent-hash ring of points (FNV-1a 64 and the
+ * MurmurHash3 finalizer) over the shard addresses, calls routed by parameter name, and
+ * multi-shard calls (Step, Upload, Pull, List, Health) run with one thread per shard, each on
+ * that shard's own orthod_client_t. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,11 +29,26 @@ uint64_t orthod_fnv1a64(const void *data, size_t len) {
   return data == NULL ? FNV_OFFSET : fnv_update(FNV_OFFSET, data, len);
 }
 
-/* fnv1a64(address + "#" + k), hashed in two pieces so no buffer has to fit the address. */
+uint64_t orthod_fmix64(uint64_t h) {
+  h ^= h >> 33;
+  h *= UINT64_C(0xff51afd7ed558ccd);
+  h ^= h >> 33;
+  h *= UINT64_C(0xc4ceb9fe1a85ec53);
+  h ^= h >> 33;
+  return h;
+}
+
+uint64_t orthod_shard_hash(const char *s) {
+  return orthod_fmix64(s == NULL ? FNV_OFFSET : fnv_update(FNV_OFFSET, s, strlen(s)));
+}
+
+/* ring_hash(address + "#" + k), the FNV-1a part hashed in two pieces so no buffer has to fit
+ * the address. */
 static uint64_t ring_point(const char *address, unsigned k) {
   char tail[16];
   int len = snprintf(tail, sizeof tail, "#%u", k);
-  return fnv_update(fnv_update(FNV_OFFSET, address, strlen(address)), tail, (size_t)len);
+  return orthod_fmix64(
+      fnv_update(fnv_update(FNV_OFFSET, address, strlen(address)), tail, (size_t)len));
 }
 
 /* A direct scan of every point instead of a sorted ring: no allocation, and an implementation
@@ -42,7 +58,7 @@ size_t orthod_shard_placement(const char *const *addresses, size_t n, const char
   if (addresses == NULL || n == 0 || name == NULL) return SIZE_MAX;
   for (size_t i = 0; i < n; i++)
     if (addresses[i] == NULL) return SIZE_MAX;
-  uint64_t h = orthod_fnv1a64(name, strlen(name));
+  uint64_t h = orthod_shard_hash(name);
   bool found = false;
   uint64_t best = 0, low = 0;
   size_t best_i = 0, low_i = 0;
@@ -88,7 +104,7 @@ static int cmp_ring(const void *a, const void *b) {
 
 size_t orthod_sharded_shard_of(const orthod_sharded_client_t *sc, const char *name) {
   if (sc == NULL || name == NULL) return SIZE_MAX;
-  uint64_t h = orthod_fnv1a64(name, strlen(name));
+  uint64_t h = orthod_shard_hash(name);
   /* lower bound: the first entry with point >= h (ties sorted by shard, lowest first) */
   size_t total = sc->n * ORTHOD_SHARD_REPLICAS, lo = 0, hi = total;
   while (lo < hi) {

@@ -7,9 +7,9 @@
 * The optimizer configuration of the runs, the teacher-forced reference (the float64 optimizer
   fed the gradients the client pushed) and the shared tolerances.
 * The NumPy-only run (numpy_child), executed in a child process with torch blocked.
-* An independent implementation of the sharding placement (FNV-1a 64 over UTF-8, 64 ring points
-  per shard address "addr#k", first point >= hash(name), wrapping; ties to the lower shard), used
-  to cross-check ShardedClient.shard_of.
+* An independent implementation of the sharding placement (ring hash = MurmurHash3's fmix64 of
+  FNV-1a 64 over UTF-8, 64 ring points per shard address "addr#k", first point >= hash(name),
+  wrapping; ties to the lower shard), used to cross-check ShardedClient.shard_of.
 
 No torch here: the NumPy-only child imports this module with torch blocked.
 """
@@ -126,21 +126,35 @@ def compare_teacher_forced(configs, w0, grads, lrs, weights):
 FNV_OFFSET = 0xcbf29ce484222325
 FNV_PRIME = 0x100000001b3
 REPLICAS = 64
+U64 = 1 << 64
 
 
 def fnv1a64(text):
     h = FNV_OFFSET
     for b in text.encode("utf-8"):
         h ^= b
-        h = (h * FNV_PRIME) & 0xFFFFFFFFFFFFFFFF
+        h = (h * FNV_PRIME) % U64
     return h
+
+
+def fmix64(h):
+    """MurmurHash3's 64-bit finalizer (fmix64), modulo 2**64."""
+    h ^= h >> 33
+    h = (h * 0xff51afd7ed558ccd) % U64
+    h ^= h >> 33
+    h = (h * 0xc4ceb9fe1a85ec53) % U64
+    return h ^ (h >> 33)
+
+
+def ring_hash(text):
+    return fmix64(fnv1a64(text))
 
 
 def placement(addresses, name):
     """Index of the shard that owns `name`."""
-    ring = sorted((fnv1a64("%s#%d" % (a, k)), i) for i, a in enumerate(addresses)
+    ring = sorted((ring_hash("%s#%d" % (a, k)), i) for i, a in enumerate(addresses)
                   for k in range(REPLICAS))
-    h = fnv1a64(name)
+    h = ring_hash(name)
     for point, i in ring:  # sorted by (point, index): equal points go to the lower index
         if point >= h:
             return i

@@ -18,13 +18,13 @@ from . import dtypes, placement
 from ._proto import PROTOCOL_VERSION, VERSION_KEY
 from .client import Client
 from .errors import OrthodError
-from .placement import fnv1a64
+from .placement import fnv1a64, ring_hash
 from .sharded import ShardedClient
 
 __version__ = "0.1.0"
 
 __all__ = ["Client", "ShardedClient", "RemoteOptimizer", "OrthodError", "dtypes", "placement",
-           "fnv1a64", "PROTOCOL_VERSION", "VERSION_KEY", "__version__"]
+           "fnv1a64", "ring_hash", "PROTOCOL_VERSION", "VERSION_KEY", "__version__"]
 
 
 def __getattr__(name):

@@ -3,9 +3,9 @@
 Tensors go out as NumPy arrays (torch tensors are accepted and copied to the CPU) cut into chunks
 of ``chunk_bytes`` (docs/PROTOCOL.md, "Tensor chunks") and come back as float32 arrays of the
 parameter's shape. Errors raise :class:`orthod.OrthodError` with the daemon's status code and
-message. Calls that are safe to repeat (Register, Describe, List, Pull, health) are retried with
-exponential backoff when the daemon is unreachable (``UNAVAILABLE``); the others (Upload, Step,
-Drop, SetConfig) never are, since the first attempt may have been applied.
+message. Calls that are safe to repeat (Register, Describe, List, Pull, SetConfig, health) are
+retried with exponential backoff when the daemon is unreachable (``UNAVAILABLE``); the others
+(Upload, Step, Drop) never are, since the first attempt may have been applied.
 """
 
 import math
@@ -348,11 +348,12 @@ class Client:
 
     def set_config(self, name: str, options: Mapping) -> dict:
         """Change hyper-parameters (``{"lr": 0.01, "weight_decay": 0}``) from the next step on;
-        returns the info after the change. Not retried."""
+        returns the info after the change. Retried on ``UNAVAILABLE``: setting the same options
+        again has the same effect."""
         req = pb.SetConfigRequest(name=name, options=[
             pb.Option(key=str(k), value=option_text(v)) for k, v in options.items()])
         r = self._call("SetConfig", lambda: self._stub.SetConfig(req, timeout=self.timeout,
-                                                                  metadata=METADATA), False)
+                                                                  metadata=METADATA), True)
         return self._remember(_info(r))
 
     def health(self, service: str = "") -> str:

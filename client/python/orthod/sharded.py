@@ -1,7 +1,7 @@
 """ShardedClient: parameters spread over several daemons by consistent hashing of their names.
 
 Every parameter lives on exactly one daemon, the one :mod:`orthod.placement` assigns to its name
-(the same rule in the C and Node.js clients). Calls on one parameter go to its daemon; ``list``
+(the same rule as in the C client). Calls on one parameter go to its daemon; ``list``
 and ``pull()`` of everything merge all daemons; ``step`` and ``upload`` talk to the daemons
 involved in parallel, one thread per daemon, each on its own Client (and Step stream).
 """

@@ -3,14 +3,16 @@
  * training step talks to every shard involved in parallel (one thread and one persistent Step
  * stream per shard).
  *
- * Placement (the same in every orthod client library, so processes in any language agree):
- * FNV-1a 64-bit over the UTF-8 bytes. Each shard address a_i (the string exactly as given) puts
- * 64 points on a ring, at fnv1a64(a_i + "#" + k) for k = 0..63 in decimal. A name n belongs to
- * the owner of the first point >= fnv1a64(n), wrapping round to the smallest point; on equal
- * points the lower shard index wins. Adding a shard moves only names onto it, removing one
- * moves only its own names; which address owns a name depends on the order of the addresses
- * only for equal points. (The points of one address cluster, FNV-1a of keys that differ in
- * their last bytes, so the shares of the shards are uneven; see client/c/README.md.)
+ * Placement (the same in every orthod client library, so processes in any language agree): a
+ * string's position on the ring is ring_hash(s) = fmix64(fnv1a64(UTF-8 bytes of s)), FNV-1a
+ * 64-bit followed by the MurmurHash3 64-bit finalizer (FNV-1a of keys that differ only in their
+ * last bytes differs mostly in its low bits; the finalizer spreads the points of one address
+ * over the whole ring). Each shard address a_i (the string exactly as given) puts 64 points on
+ * a ring, at ring_hash(a_i + "#" + k) for k = 0..63 in decimal. A name n belongs to the owner
+ * of the first point >= ring_hash(n), wrapping round to the smallest point; on equal points the
+ * lower shard index wins. Adding a shard moves only names onto it, removing one moves only its
+ * own names; which address owns a name depends on the order of the addresses only for equal
+ * points.
  *
  * Status codes and last-error text follow orthod/client.h; an error from a shard names it:
  * "UNAVAILABLE: shard 2 (10.0.0.3:50051): failed to connect to all addresses". Calls that reach
@@ -41,6 +43,14 @@ typedef struct orthod_sharded_client orthod_sharded_client_t;
 
 /* FNV-1a 64-bit hash of len bytes (offset basis 0xcbf29ce484222325, prime 0x100000001b3). */
 ORTHOD_CLIENT_API uint64_t orthod_fnv1a64(const void *data, size_t len);
+
+/* The MurmurHash3 64-bit finalizer: h ^= h >> 33; h *= 0xff51afd7ed558ccd; h ^= h >> 33;
+ * h *= 0xc4ceb9fe1a85ec53; h ^= h >> 33. */
+ORTHOD_CLIENT_API uint64_t orthod_fmix64(uint64_t h);
+
+/* A string's position on the ring: orthod_fmix64(orthod_fnv1a64(s, strlen(s))); NULL hashes
+ * as "". */
+ORTHOD_CLIENT_API uint64_t orthod_shard_hash(const char *s);
 
 /* The shard index (0..n-1) that owns parameter `name` among the n addresses, by the rule above;
  * SIZE_MAX when n is 0 or an argument (or address) is NULL. Allocates nothing. */
