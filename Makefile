@@ -7,7 +7,7 @@ CMAKE_ARGS ?=
 JOBS       ?= $(shell nproc)
 PYTHON     := /usr/bin/python3
 
-.PHONY: all deps configure build run demo test test-asan bench-ns bench-e2e clean
+.PHONY: all deps configure build run demo test test-asan bench-ns bench-e2e bench-gpu clean
 
 all: build
 
@@ -47,6 +47,12 @@ bench-ns: build
 # Extra flags: make bench-e2e ARGS="--layers 4 --steps 3".
 bench-e2e: build
 	./$(BUILD)/bench_e2e --orthod ./$(BUILD)/orthod $(ARGS)
+
+# Newton–Schulz on the GPU: orthod's CUDA backend vs PyTorch on the same device, TFLOP/s vs the
+# measured cuBLAS GEMM rate (docs/CUDA.md). Without a CUDA device it says so and exits 0.
+# Extra flags: make bench-gpu ARGS="--quick" or ARGS="--reps 20 4096x4096".
+bench-gpu: build
+	./$(BUILD)/bench_gpu --torch tests/bench/bench_gpu_torch.py --python $(PYTHON) $(ARGS)
 
 clean:
 	rm -rf $(BUILD) $(ASAN_BUILD)

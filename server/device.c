@@ -38,7 +38,7 @@ struct orthod_device {
   /* loop thread only */
   orthod_device_opts_t opts;
   char backend_arg[16];
-  char name[128];
+  char name[192];           /* backend description for the start-up log */
   size_t pending;           /* submitted and `done` not yet called */
   bool joined;
   bool stop_requested;      /* orthod_device_stop was called */
@@ -48,27 +48,12 @@ struct orthod_device {
 
 /* ---- device thread --------------------------------------------------------------------------- */
 
-static int device_init(orthod_device_t *dev, char *err, size_t errlen) {
-  const char *kind = dev->backend_arg;
-  if (strcmp(kind, "cuda") == 0) {
-    snprintf(err, errlen, "backend cuda: this build has no CUDA backend");
-    return -1;
-  }
-  if (strcmp(kind, "cpu") != 0 && strcmp(kind, "auto") != 0) {
-    snprintf(err, errlen, "backend '%s': unknown (expected auto, cpu or cuda)", kind);
-    return -1;
-  }
+/* The CPU backend and its start-up description ("cpu (OpenBLAS 0.3.21, 16 threads)"). */
+static int init_cpu(orthod_device_t *dev, char *err, size_t errlen) {
   orthod_backend_opts_t bo = {.threads = dev->opts.threads, .device = dev->opts.device};
   orthod_err_t e = orthod_backend_create_cpu(&bo, &dev->backend);
   if (e != ORTHOD_OK) {
     snprintf(err, errlen, "backend cpu: %s (%s)", orthod_strerror(e), orthod_error_detail());
-    return -1;
-  }
-  e = orthod_store_create(dev->backend, dev->opts.memory_limit, &dev->store);
-  if (e != ORTHOD_OK) {
-    snprintf(err, errlen, "parameter store: %s (%s)", orthod_strerror(e), orthod_error_detail());
-    orthod_backend_destroy(dev->backend);
-    dev->backend = NULL;
     return -1;
   }
   /* "OpenBLAS 0.3.21 DYNAMIC_ARCH ..." → "OpenBLAS 0.3.21" */
@@ -80,6 +65,55 @@ static int device_init(orthod_device_t *dev, char *err, size_t errlen) {
   int threads = openblas_get_num_threads();
   snprintf(dev->name, sizeof dev->name, "%s (%s, %d thread%s)", orthod_backend_name(dev->backend),
            blas, threads, threads == 1 ? "" : "s");
+  return 0;
+}
+
+/* The CUDA backend on --device; its description names the GPU. */
+static int init_cuda(orthod_device_t *dev, char *err, size_t errlen) {
+  orthod_backend_opts_t bo = {.threads = dev->opts.threads, .device = dev->opts.device};
+  orthod_err_t e = orthod_backend_create_cuda(&bo, &dev->backend);
+  if (e != ORTHOD_OK) {
+    const char *detail = orthod_error_detail();
+    snprintf(err, errlen, "backend cuda: %s", detail[0] ? detail : orthod_strerror(e));
+    return -1;
+  }
+  char desc[160];
+  if (orthod_backend_cuda_describe(dev->opts.device, desc, sizeof desc) != ORTHOD_OK)
+    snprintf(desc, sizeof desc, "device %d", dev->opts.device);
+  snprintf(dev->name, sizeof dev->name, "%s (%s)", orthod_backend_name(dev->backend), desc);
+  return 0;
+}
+
+/* auto: CUDA when this build has it and a device is present, else the CPU (a CUDA backend that
+ * fails to start is logged and the CPU is used); cuda: CUDA or a start failure; cpu: the CPU. */
+static int device_init(orthod_device_t *dev, char *err, size_t errlen) {
+  const char *kind = dev->backend_arg;
+  int rc;
+  if (strcmp(kind, "cuda") == 0) {
+    rc = init_cuda(dev, err, errlen);
+  } else if (strcmp(kind, "auto") == 0) {
+    rc = -1;
+    if (orthod_backend_cuda_device_count() > 0) {
+      rc = init_cuda(dev, err, errlen);
+      if (rc != 0) ORTHOD_LOG(ORTHOD_LOG_WARN, "%s; backend auto falls back to the CPU", err);
+    } else if (orthod_backend_cuda_describe(dev->opts.device, NULL, 0) != ORTHOD_OK) {
+      ORTHOD_LOG(ORTHOD_LOG_INFO, "backend auto: %s; using the CPU", orthod_error_detail());
+    }
+    if (rc != 0) rc = init_cpu(dev, err, errlen);
+  } else if (strcmp(kind, "cpu") == 0) {
+    rc = init_cpu(dev, err, errlen);
+  } else {
+    snprintf(err, errlen, "backend '%s': unknown (expected auto, cpu or cuda)", kind);
+    return -1;
+  }
+  if (rc != 0) return -1;
+  orthod_err_t e = orthod_store_create(dev->backend, dev->opts.memory_limit, &dev->store);
+  if (e != ORTHOD_OK) {
+    snprintf(err, errlen, "parameter store: %s (%s)", orthod_strerror(e), orthod_error_detail());
+    orthod_backend_destroy(dev->backend);
+    dev->backend = NULL;
+    return -1;
+  }
   return 0;
 }
 

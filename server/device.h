@@ -35,7 +35,7 @@ typedef struct orthod_device_opts {
 } orthod_device_opts_t;
 
 /* Start the thread, create the backend and the store on it. Returns 0, or -1 with err filled
- * ("backend cuda: this build has no CUDA support"). */
+ * ("backend cuda: no CUDA device (...)", "backend cuda: this build has no CUDA backend (...)"). */
 int orthod_device_create(uv_loop_t *loop, const orthod_device_opts_t *opts, orthod_device_t **out,
                          char *err, size_t errlen);
 

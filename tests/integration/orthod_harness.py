@@ -8,6 +8,10 @@
   directory given by --gen or the environment variable ORTHOD_PYTHON_GEN.
 * A tiny runner: one line `PASS name` / `FAIL name` per case, then `N passed, N failed`; exit 1 on
   any failure, 77 (the CTest skip code) when grpc or numpy is missing.
+* Backend: the environment variable ORTHOD_TEST_BACKEND (auto, cpu or cuda; unset = the daemon's
+  default) becomes `--backend` of every daemon started here. With cuda, require() first starts
+  `orthod --backend cuda` once, and when that reports no CUDA device (or a build without the CUDA
+  backend) the script exits 77 (skipped); any other start failure is left to fail the tests.
 * Helpers for the wire format (fp32/bf16/fp16 chunks), Register/Upload/Pull, a Step stream driven
   from a queue, and expect_rpc_error (exact status code plus a regular expression on the message).
 
@@ -56,6 +60,57 @@ LISTEN_RE = re.compile(rb"^orthod: listening on 127\.0\.0\.1:(\d+) \(pid (\d+)\)
 
 # Daemons started by this process and not yet stopped: their stderr is shown when a case fails.
 LIVE = []
+
+# --backend of every daemon (ORTHOD_TEST_BACKEND; None = the daemon's default).
+TEST_BACKEND = os.environ.get("ORTHOD_TEST_BACKEND") or None
+NO_CUDA_RE = re.compile(r"no CUDA device|has no CUDA backend")
+
+
+def backend_flags():
+    return ["--backend", TEST_BACKEND] if TEST_BACKEND else []
+
+
+def skip_without_cuda(orthod, timeout=60.0):
+    """ORTHOD_TEST_BACKEND=cuda only: start `orthod --backend cuda` once; exit 77 when it says
+    there is no CUDA device or no CUDA backend in this build. Returns otherwise."""
+    if TEST_BACKEND != "cuda":
+        return
+    tmp = tempfile.mkdtemp(prefix="orthod-cuda-probe-")
+    try:
+        with open(os.path.join(tmp, "stderr.log"), "wb") as err:
+            proc = subprocess.Popen([orthod, "--listen", "127.0.0.1:0", "--state-dir",
+                                     os.path.join(tmp, "state"), "--backend", "cuda"],
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err)
+            line = b""
+            deadline = time.monotonic() + timeout
+            while not line.endswith(b"\n") and time.monotonic() < deadline:
+                r, _, _ = select.select([proc.stdout], [], [], 0.2)
+                if r:
+                    b = os.read(proc.stdout.fileno(), 1)
+                    if not b:
+                        break
+                    line += b
+                elif proc.poll() is not None:
+                    break
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+        if LISTEN_RE.match(line):
+            return
+        with open(os.path.join(tmp, "stderr.log"), "rb") as f:
+            text = f.read().decode("utf-8", "replace")
+        m = NO_CUDA_RE.search(text)
+        if m:
+            why = [ln for ln in text.splitlines() if m.group(0) in ln][-1]
+            print("ORTHOD_TEST_BACKEND=cuda but the daemon cannot use CUDA here: skipping\n  %s"
+                  % why.strip(), flush=True)
+            sys.exit(SKIP)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,7 +198,7 @@ class Daemon:
     def start(self):
         os.makedirs(self.state_dir, exist_ok=True)
         cmd = self.wrapper + [self.orthod, "--listen", "127.0.0.1:0", "--state-dir",
-                              self.state_dir] + self.flags
+                              self.state_dir] + backend_flags() + self.flags
         self.command = cmd
         self._stderr = open(self.stderr_path, "wb")
         env = dict(os.environ)
@@ -655,3 +710,4 @@ def require(path):
     if not path or not os.access(path, os.X_OK):
         print("orthod executable %r not found" % path)
         sys.exit(1)
+    skip_without_cuda(path)

@@ -1,6 +1,7 @@
 """test_c_client.py — liborthod-client and orthoctl against a real daemon.
 
-Parts (each starts its own `orthod --listen 127.0.0.1:0 --backend cpu` in a temporary state dir):
+Parts (each starts its own `orthod --listen 127.0.0.1:0 --backend cpu` in a temporary state dir;
+ORTHOD_TEST_BACKEND=cuda runs them on `--backend cuda` and exits 77 when there is no CUDA device):
   trajectory  tests/integration/c/c_trajectory: parameters of several algorithms and shapes
               (fused QKV Muon, 1-D AdamW with an lr schedule, 4-D conv Muon at medium precision,
               Scion, AdaptiveMuon/NorMuon with bf16 on the wire) are registered, uploaded and
@@ -76,7 +77,8 @@ class Daemon:
         self.state = os.path.join(tmp, "state")
         self.log_path = os.path.join(tmp, "orthod.log")
         self.log = open(self.log_path, "wb")
-        cmd = [exe, "--listen", "127.0.0.1:0", "--state-dir", self.state, "--backend", "cpu",
+        backend = os.environ.get("ORTHOD_TEST_BACKEND") or "cpu"
+        cmd = [exe, "--listen", "127.0.0.1:0", "--state-dir", self.state, "--backend", backend,
                "--threads", "2"] + list(extra)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log)
         line = b""
@@ -405,6 +407,9 @@ def main():
     if not os.access(args.orthod, os.X_OK):
         print("daemon not built (%s): skipping" % args.orthod)
         return SKIP
+    if os.environ.get("ORTHOD_TEST_BACKEND") == "cuda":
+        import orthod_harness  # exits 77 when the daemon has no CUDA device here
+        orthod_harness.skip_without_cuda(args.orthod)
     only = [p for p in args.only.split(",") if p]
     passed = failed = 0
     for name, fn in PARTS:

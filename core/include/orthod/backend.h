@@ -21,7 +21,10 @@ extern "C" {
 typedef struct orthod_backend orthod_backend_t;
 
 /* Matmul precision of the spec (section 3.6). On the CPU `high` computes in fp32; `medium`
- * rounds every GEMM/SYRK output to bf16 (inputs are expected to be bf16 values already). */
+ * rounds every GEMM/SYRK output to bf16 (inputs are expected to be bf16 values already).
+ * On CUDA: highest = cuBLAS COMPUTE_32F, high = COMPUTE_32F_FAST_TF32, medium =
+ * COMPUTE_32F_FAST_16BF (bf16 tensor cores, fp32 accumulation and epilogue; exact for bf16-valued
+ * inputs) followed by the same RNE rounding of the output to bf16 (docs/CUDA.md). */
 typedef enum {
   ORTHOD_PREC_HIGHEST = 0,
   ORTHOD_PREC_HIGH = 1,
@@ -36,6 +39,25 @@ typedef struct {
 /* Create the CPU backend (OpenBLAS). Caller owns *out; free with orthod_backend_destroy. */
 ORTHOD_API orthod_err_t orthod_backend_create_cpu(const orthod_backend_opts_t *opts,
                                                   orthod_backend_t **out);
+
+/* Create the CUDA backend on device opts->device (NULL opts: device 0): one stream, a cuBLAS
+ * and a cuSOLVER handle, pinned staging buffers. Caller owns *out; free with
+ * orthod_backend_destroy. Fails with E_UNSUPPORTED, the detail saying "this build has no CUDA
+ * backend" (built without CUDA) or "no CUDA device" (no driver, no device, or a driver older than
+ * the runtime), or that the device has no kernel image for its architecture; E_INVAL for a
+ * negative device index or one past the device count. The backend must be used from one thread
+ * at a time; it makes its device current on each call. */
+ORTHOD_API orthod_err_t orthod_backend_create_cuda(const orthod_backend_opts_t *opts,
+                                                   orthod_backend_t **out);
+
+/* Number of CUDA devices this build can use: 0 without CUDA in the build, without a driver or
+ * without a device. Never fails. */
+ORTHOD_API int orthod_backend_cuda_device_count(void);
+
+/* One line describing CUDA device `device` for logs, e.g. "NVIDIA H100 80GB HBM3 (device 0,
+ * sm_90, 132 SMs, 79.1 GiB, runtime 13.0, driver 13.0)", into buf (always NUL-terminated when
+ * len > 0). E_UNSUPPORTED without CUDA or without that device. */
+ORTHOD_API orthod_err_t orthod_backend_cuda_describe(int device, char *buf, size_t len);
 
 /* Destroy a backend and everything it allocated (NULL is a no-op). */
 ORTHOD_API void orthod_backend_destroy(orthod_backend_t *be);
