@@ -115,7 +115,9 @@ def main():
     log = os.path.join(dm.tmp, "valgrind.log")
     dm.wrapper = [valgrind, "--error-exitcode=99", "--leak-check=full",
                   "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite",
-                  "--track-fds=no", "--log-file=" + log]
+                  "--track-fds=no", "--log-file=" + log,
+                  "--suppressions=" + os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "valgrind.supp")]
     try:
         dm.start()
     except Exception as e:  # noqa: BLE001
