@@ -32,6 +32,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench_util.h"
 #include "orthod/client.h"
 #include "orthod/store.h"
 
@@ -55,22 +56,6 @@ typedef struct bench {
   int steps, warmup, threads;
   size_t chunk_bytes;
 } bench_t;
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return v[n / 2];
-}
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static float rand_normalish(void) {

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "orthod/backend.h"
 #include "orthod/error.h"
 #include "orthod/newton_schulz.h"
@@ -29,22 +30,6 @@ typedef struct {
   double orthod_ms[NPREC];
   double torch_ms[NPREC]; /* 0 = not measured */
 } shape_row;
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return v[n / 2];
-}
 
 static void fail(const char *what) {
   fprintf(stderr, "bench_gpu: %s: %s\n", what, orthod_error_detail());

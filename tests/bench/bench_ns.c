@@ -19,25 +19,9 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_util.h"
 #include "orthod/backend.h"
 #include "orthod/newton_schulz.h"
-
-static double now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec * 1e-6;
-}
-
-static int cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return (x > y) - (x < y);
-}
-
-/* Median as the spec's benchmark reports it: sorted[len / 2]. */
-static double median(double *v, int n) {
-  qsort(v, (size_t)n, sizeof *v, cmp_double);
-  return v[n / 2];
-}
 
 static void usage(void) {
   fprintf(stderr,

@@ -24,48 +24,21 @@ fail). Prints `PASS part` / `FAIL part` lines and `N passed, N failed`; exit 1 o
 when numpy is missing or the daemon is not built.
 """
 
-import argparse
 import os
 import re
 import select
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 sys.dont_write_bytecode = True
 
-SKIP = 77
-try:
-    import numpy as np
-except ImportError:
-    print("numpy is not available to %s: skipping" % sys.executable)
-    sys.exit(SKIP)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "reference"))
-import orthod_ref as ref  # noqa: E402
+import c_driver  # noqa: E402  (exits 77 when numpy is missing)
+from c_driver import (TOL_BF16, TOL_ELEM, TOL_FP32, Failure, case_lines, check,  # noqa: E402
+                      np, ref, rel_error, run, write_cases_txt, write_data)
 
 LISTEN_RE = re.compile(r"^orthod: listening on 127\.0\.0\.1:(\d+) \(pid (\d+)\)$")
-
-# Tolerances of tests/reference/test_trajectories.py (see the derivations there):
-TOL_ELEM = 1e-5   # elementwise fp32 paths (AdamW): measured 1.1e-6
-TOL_FP32 = 1e-4   # Newton-Schulz in fp32 (precision highest) vs float64: measured 8.5e-6
-TOL_BF16 = 3e-2   # precision medium (bf16 NS intermediates, rounding flips): measured 8.7e-3
-
-VALGRIND = None   # set by --valgrind
-
-
-class Failure(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failure(what)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,28 +95,6 @@ class Daemon:
         return self.proc.returncode
 
 
-def run(cmd, timeout=120, memcheck=True):
-    """Run a C program (under valgrind when asked); returns (rc, stdout, stderr)."""
-    if VALGRIND and memcheck:
-        cmd = [VALGRIND, "--quiet", "--error-exitcode=99", "--leak-check=full",
-               "--errors-for-leak-kinds=definite"] + cmd
-        timeout *= 10
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout,
-                       text=True)
-    if VALGRIND and memcheck and p.returncode == 99:
-        raise Failure("valgrind reported errors for %s:\n%s" % (" ".join(cmd), p.stderr))
-    return p.returncode, p.stdout, p.stderr
-
-
-def rel_error(w_test, w_ref, w0):
-    """max |W_test - W_ref| / max |W_ref - W_0| (test_trajectories.py's metric)."""
-    abs_err = float(np.max(np.abs(w_test - w_ref)))
-    scale = float(np.max(np.abs(w_ref - w0)))
-    if not np.all(np.isfinite(w_test)):
-        return float("inf")
-    return abs_err / scale if scale > 0 else (0.0 if abs_err == 0 else float("inf"))
-
-
 # ---------------------------------------------------------------------------------------------
 # (a) trajectory
 
@@ -174,21 +125,9 @@ def write_cases(tmp, cases, steps, seed, extras=False):
     lines = ["steps %d" % steps] + (["extras"] if extras else [])
     data = {}
     for i, (name, shape, cfg, wire, lrs, tol) in enumerate(cases):
-        rng = np.random.default_rng(seed + 7919 * i)
-        n = int(np.prod(shape))
-        w0 = (rng.standard_normal(n) * 0.05).astype(np.float32)
-        grads = rng.standard_normal((steps, n)).astype(np.float32)
-        w0.astype("<f4").tofile(os.path.join(tmp, name + ".w0.f32"))
-        grads.astype("<f4").tofile(os.path.join(tmp, name + ".grads.f32"))
-        opts = " ".join("%s=%s" % (k, ref.config_value_text(v)) for k, v in cfg.items()
-                        if k != "algo")
-        lines.append("param %s %s %s %s %s" % (name, cfg["algo"], "x".join(map(str, shape)),
-                                               wire, opts))
-        if lrs is not None:
-            lines.append("lrs %s %s" % (name, ",".join(repr(float(x)) for x in lrs)))
-        data[name] = (w0, grads)
-    with open(os.path.join(tmp, "cases.txt"), "w") as f:
-        f.write("\n".join(lines) + "\n")
+        data[name] = write_data(tmp, name, np.random.default_rng(seed + 7919 * i), shape, steps)
+        lines += case_lines(name, shape, cfg, wire, lrs)
+    write_cases_txt(tmp, lines)
     return data
 
 
@@ -242,7 +181,7 @@ def hash_data(n, seed, scale):
 
 def part_large(args, tmp):
     # under valgrind the same checks on 256x256 (4096x4096 would take minutes there)
-    rows = cols = 256 if VALGRIND else 4096
+    rows = cols = 256 if args.valgrind else 4096
     d = Daemon(args.orthod, tmp)
     try:
         t0 = time.time()
@@ -392,49 +331,17 @@ def part_orthoctl(args, tmp):
 PARTS = [("trajectory", part_trajectory), ("large", part_large), ("orthoctl", part_orthoctl)]
 
 
-def main():
-    global VALGRIND
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--orthod", required=True)
+def add_arguments(ap):
     ap.add_argument("--orthoctl", required=True)
     ap.add_argument("--trajectory", required=True, help="path of c_trajectory")
     ap.add_argument("--large", required=True, help="path of c_large")
-    ap.add_argument("--only", default="", help="comma-separated parts (default: all)")
-    ap.add_argument("--valgrind", default=None, help="run the C programs under this valgrind")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directories")
-    args = ap.parse_args()
-    VALGRIND = args.valgrind
-    if not os.access(args.orthod, os.X_OK):
-        print("daemon not built (%s): skipping" % args.orthod)
-        return SKIP
+
+
+def skip_without_cuda(args):
     if os.environ.get("ORTHOD_TEST_BACKEND") == "cuda":
         import orthod_harness  # exits 77 when the daemon has no CUDA device here
         orthod_harness.skip_without_cuda(args.orthod)
-    only = [p for p in args.only.split(",") if p]
-    passed = failed = 0
-    for name, fn in PARTS:
-        if only and name not in only:
-            continue
-        tmp = tempfile.mkdtemp(prefix="orthod-c-%s-" % name)
-        t0 = time.time()
-        try:
-            fn(args, tmp)
-            print("PASS %s (%.1f s)" % (name, time.time() - t0))
-            passed += 1
-        except Exception as e:  # a failure of any kind is reported, then the next part runs
-            print("FAIL %s (%.1f s): %s" % (name, time.time() - t0, e))
-            if not isinstance(e, Failure):
-                traceback.print_exc()
-            failed += 1
-        finally:
-            if args.keep:
-                print("  kept %s" % tmp)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        sys.stdout.flush()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c_driver.main(__doc__, PARTS, add_arguments, "orthod-c-", skip_without_cuda))

@@ -15,7 +15,7 @@ Parts:
             two shards, argument errors, an unreachable shard) and recovery. Here the final
             weights are compared with the float64 reference tests/reference/orthod_ref.py:
                 rel = max|W - W_ref| / max|W_ref - W_0|
-            with the tolerances of tests/reference/test_trajectories.py (quoted below).
+            with the tolerances of tests/reference/test_trajectories.py (quoted in c_driver.py).
             With --orthoctl, then on the same daemons `orthoctl --shards A,B,C`: `where` prints
             the owner of each name, describe and pull reach the owner, list and health run on
             every shard under a "== shard I (ADDR)" line; usage errors of --shards.
@@ -27,70 +27,22 @@ Prints `PASS part` / `FAIL part` and `N passed, N failed`; exit 1 on failure, 77
 missing or the daemon is not built.
 """
 
-import argparse
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import time
-import traceback
 
 sys.dont_write_bytecode = True
 
-SKIP = 77
-try:
-    import numpy as np
-except ImportError:
-    print("numpy is not available to %s: skipping" % sys.executable)
-    sys.exit(SKIP)
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-sys.path.insert(0, os.path.join(os.path.dirname(HERE), "reference"))
-import orthod_ref as ref  # noqa: E402
+import c_driver  # noqa: E402  (exits 77 when numpy is missing)
+from c_driver import (HERE, TOL_ELEM, TOL_FP32, Failure, case_lines, check, np,  # noqa: E402
+                      ref, rel_error, run, write_cases_txt, write_data)
 from orthod_harness import Daemon  # noqa: E402
 from training_common import placement  # noqa: E402
 import make_shard_vectors  # noqa: E402
 
-# Tolerances of tests/reference/test_trajectories.py (see the derivations there):
-TOL_ELEM = 1e-5   # elementwise fp32 paths (AdamW): measured 1.1e-6
-TOL_FP32 = 1e-4   # Newton-Schulz in fp32 (precision highest) vs float64: measured 8.5e-6
-
 STEPS = 6
-VALGRIND = None   # set by --valgrind
 DAEMON_FLAGS = ["--backend", "cpu", "--threads", "1"]
-
-
-class Failure(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Failure(what)
-
-
-def run(cmd, timeout=120, memcheck=True):
-    """Run a C program (under valgrind when asked); returns (rc, stdout, stderr)."""
-    if VALGRIND and memcheck:
-        cmd = [VALGRIND, "--quiet", "--error-exitcode=99", "--leak-check=full",
-               "--errors-for-leak-kinds=definite"] + cmd
-        timeout *= 10
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-    out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
-    if VALGRIND and memcheck and p.returncode == 99:
-        raise Failure("valgrind reported errors for %s:\n%s" % (" ".join(cmd), err))
-    return p.returncode, out, err
-
-
-def rel_error(w, w_ref, w0):
-    if not np.all(np.isfinite(w)):
-        return float("inf")
-    err = float(np.max(np.abs(w - w_ref)))
-    scale = float(np.max(np.abs(w_ref - w0)))
-    return err / scale if scale > 0 else (0.0 if err == 0 else float("inf"))
 
 
 def start_daemons(orthod, n):
@@ -184,21 +136,11 @@ def part_cluster(args, tmp):
         cases, lines = [], ["steps %d" % STEPS]
         for k, (name, shard) in enumerate(names):
             shape, cfg, lrs, tol = KINDS[k % len(KINDS)]
-            rng = np.random.default_rng(4242 + 31 * k)
-            n = int(np.prod(shape))
-            w0 = (rng.standard_normal(n) * 0.05).astype(np.float32)
-            grads = rng.standard_normal((STEPS, n)).astype(np.float32)
-            w0.astype("<f4").tofile(os.path.join(tmp, "p%d.w0.f32" % k))
-            grads.astype("<f4").tofile(os.path.join(tmp, "p%d.grads.f32" % k))
-            opts = " ".join("%s=%s" % (key, ref.config_value_text(v)) for key, v in cfg.items()
-                            if key != "algo")
-            lines.append("param %s %s %s %d %s" % (name, cfg["algo"], "x".join(map(str, shape)),
-                                                   shard, opts))
-            if lrs is not None:
-                lines.append("lrs %s %s" % (name, ",".join(repr(float(x)) for x in lrs)))
+            w0, grads = write_data(tmp, "p%d" % k, np.random.default_rng(4242 + 31 * k), shape,
+                                   STEPS)
+            lines += case_lines(name, shape, cfg, shard, lrs)
             cases.append((name, shard, shape, cfg, lrs, tol, w0, grads))
-        with open(os.path.join(tmp, "cases.txt"), "w", encoding="utf-8") as f:
-            f.write("\n".join(lines) + "\n")
+        write_cases_txt(tmp, lines)
         t0 = time.time()
         rc, out, err = run([args.shard, "cluster", tmp, single.address] + addresses, timeout=180)
         print("  " + out.strip().replace("\n", "\n  ") + "  (%.1f s)" % (time.time() - t0))
@@ -288,45 +230,10 @@ def orthoctl_checks(args, tmp, addresses, names):
 PARTS = [("vectors", part_vectors), ("cluster", part_cluster)]
 
 
-def main():
-    global VALGRIND
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--orthod", required=True)
+def add_arguments(ap):
     ap.add_argument("--shard", required=True, help="path of tests/integration/c/c_shard")
     ap.add_argument("--orthoctl", default=None)
-    ap.add_argument("--only", default="", help="comma-separated parts (default: all)")
-    ap.add_argument("--valgrind", default=None, help="run the C programs under this valgrind")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directories")
-    args = ap.parse_args()
-    VALGRIND = args.valgrind
-    if not os.access(args.orthod, os.X_OK):
-        print("daemon not built (%s): skipping" % args.orthod)
-        return SKIP
-    only = [p for p in args.only.split(",") if p]
-    passed = failed = 0
-    for name, fn in PARTS:
-        if only and name not in only:
-            continue
-        tmp = tempfile.mkdtemp(prefix="orthod-c-shard-%s-" % name)
-        t0 = time.time()
-        try:
-            fn(args, tmp)
-            print("PASS %s (%.1f s)" % (name, time.time() - t0))
-            passed += 1
-        except Exception as e:  # a failure of any kind is reported, then the next part runs
-            print("FAIL %s (%.1f s): %s" % (name, time.time() - t0, e))
-            if not isinstance(e, Failure):
-                traceback.print_exc()
-            failed += 1
-        finally:
-            if args.keep:
-                print("  kept %s" % tmp)
-            else:
-                shutil.rmtree(tmp, ignore_errors=True)
-        sys.stdout.flush()
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(c_driver.main(__doc__, PARTS, add_arguments, "orthod-c-shard-"))

@@ -3,7 +3,8 @@
 * import_orthod(): the Python client package from the build tree (--pythonpath, normally
   <build>/python, where CMake places client/python/orthod and the generated stubs).
 * Reference: tests/reference/orthod_ref.py (float64 NumPy model of the optimizer math) and the
-  comparison metric of tests/reference: max|W - W_ref| / max|W_ref - W_0|.
+  comparison metric of tests/reference, max|W - W_ref| / max|W_ref - W_0| (orthod_harness's
+  rel_error), taken over every parameter by worst_rel.
 * The optimizer configuration of the runs, the teacher-forced reference (the float64 optimizer
   fed the gradients the client pushed) and the shared tolerances.
 * The NumPy-only run (numpy_child), executed in a child process with torch blocked.
@@ -21,8 +22,7 @@ sys.dont_write_bytecode = True  # no __pycache__ in the source tree (ctest runs 
 
 import numpy as np  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REFERENCE_DIR = os.path.join(os.path.dirname(HERE), "reference")
+from orthod_harness import reference, rel_error  # noqa: E402
 
 # The optimizer configuration of the training tests, in the engine's keys. Matrices: Muon at
 # precision "highest" (fp32 Newton–Schulz on the CPU, so that a float64 reference is a tight
@@ -54,24 +54,6 @@ def import_orthod(pythonpath):
     if got != os.path.join(pythonpath, "orthod"):
         raise SystemExit("imported orthod from %s, expected %s" % (got, pythonpath))
     return orthod
-
-
-def reference():
-    if REFERENCE_DIR not in sys.path:
-        sys.path.insert(0, REFERENCE_DIR)
-    import orthod_ref  # noqa: E402
-    return orthod_ref
-
-
-def rel_error(got, ref, w0):
-    """max|got - ref| / max|ref - w0| (the metric of tests/reference)."""
-    got = np.asarray(got, dtype=np.float64).reshape(-1)
-    ref = np.asarray(ref, dtype=np.float64).reshape(-1)
-    w0 = np.asarray(w0, dtype=np.float64).reshape(-1)
-    change = np.max(np.abs(ref - w0))
-    if change == 0:
-        return float(np.max(np.abs(got - ref)))
-    return float(np.max(np.abs(got - ref)) / change)
 
 
 def worst_rel(got, ref, w0):

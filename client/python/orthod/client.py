@@ -135,7 +135,19 @@ class _StepStream:
         self.call.cancel()
 
 
-class Client:
+class _Closing:
+    """``with obj:`` closes obj at the end of the block (Client, ShardedClient and
+    RemoteOptimizer: each defines close())."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class Client(_Closing):
     """A connection to one orthod daemon.
 
     ``timeout``: seconds per call, and the longest wait for the weights of a step (a SYNC step
@@ -527,13 +539,6 @@ class Client:
                 if not s.ended.wait(wait):
                     s.call.cancel()
             self._channel.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def __repr__(self):
         return "Client(%r)" % self.address

@@ -17,7 +17,7 @@ from typing import Dict, List
 import grpc
 import numpy as np
 
-from .client import Client, to_numpy
+from .client import Client, _Closing, to_numpy
 from .errors import OrthodError
 from .sharded import ShardedClient
 
@@ -83,8 +83,31 @@ def _normalize_params(params) -> List[dict]:
     return [{"params": items}]
 
 
-class _RemoteOptimizerCore:
-    """Everything of RemoteOptimizer except its base class."""
+class _RemoteOptimizerCore(_Closing):
+    """Everything of RemoteOptimizer except its base class (which _init_groups calls on)."""
+
+    def __init__(self, params, address="127.0.0.1:50051", *, addresses=None, lr=None,
+                 algorithm=None, rank=0, world_size=1, reply_dtype="f32", wire_dtype="f32",
+                 register=True, upload=True, sync_timeout_ms=0, client=None, timeout=60.0,
+                 client_kwargs=None, **defaults):
+        defaults.pop("torch", None)
+        groups = _normalize_params(params)
+        self.param_groups = []
+        d = self._configure(address, addresses, lr, algorithm, rank, world_size, reply_dtype,
+                            wire_dtype, register, upload, sync_timeout_ms, client, timeout,
+                            client_kwargs, defaults)
+        try:
+            self._init_groups(groups, d)
+            self.state = {}
+            self._setup_groups(list(range(len(self.param_groups))))
+        except BaseException:
+            self.close()
+            raise
+        self._ready = True
+
+    def _init_groups(self, groups: List[dict], defaults: dict) -> None:
+        """Set self.defaults and add the groups with add_param_group (the base class's way)."""
+        raise NotImplementedError
 
     def _configure(self, address, addresses, lr, algorithm, rank, world_size, reply_dtype,
                    wire_dtype, register, upload, sync_timeout_ms, client, timeout,
@@ -393,13 +416,6 @@ class _RemoteOptimizerCore:
         if self._own_client:
             self.client.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
-
 
 _INIT_DOC = """RemoteOptimizer(params, address="127.0.0.1:50051", *, addresses=None, lr=None,
         algorithm=None, rank=0, world_size=1, reply_dtype="f32", wire_dtype="f32",
@@ -424,26 +440,10 @@ _INIT_DOC = """RemoteOptimizer(params, address="127.0.0.1:50051", *, addresses=N
 class PlainRemoteOptimizer(_RemoteOptimizerCore):
     __doc__ = _INIT_DOC
 
-    def __init__(self, params, address="127.0.0.1:50051", *, addresses=None, lr=None,
-                 algorithm=None, rank=0, world_size=1, reply_dtype="f32", wire_dtype="f32",
-                 register=True, upload=True, sync_timeout_ms=0, client=None, timeout=60.0,
-                 client_kwargs=None, **defaults):
-        defaults.pop("torch", None)
-        groups = _normalize_params(params)
-        self.defaults = self._configure(address, addresses, lr, algorithm, rank, world_size,
-                                        reply_dtype, wire_dtype, register, upload,
-                                        sync_timeout_ms, client, timeout, client_kwargs,
-                                        defaults)
-        self.state = {}
-        self.param_groups = []
-        try:
-            for g in groups:
-                self.add_param_group(g)
-            self._setup_groups(list(range(len(self.param_groups))))
-        except BaseException:
-            self.close()
-            raise
-        self._ready = True
+    def _init_groups(self, groups, defaults):
+        self.defaults = defaults
+        for g in groups:
+            self.add_param_group(g)
 
     def __repr__(self):
         return "%s(%d groups, %d parameters, %r)" % (type(self).__name__, len(self.param_groups),
@@ -462,25 +462,10 @@ if _torch is not None:
                 return inst
             return object.__new__(cls)
 
-        def __init__(self, params, address="127.0.0.1:50051", *, addresses=None, lr=None,
-                     algorithm=None, rank=0, world_size=1, reply_dtype="f32", wire_dtype="f32",
-                     register=True, upload=True, sync_timeout_ms=0, client=None, timeout=60.0,
-                     client_kwargs=None, **defaults):
-            defaults.pop("torch", None)
-            groups = _normalize_params(params)
-            self.param_groups = []
-            d = self._configure(address, addresses, lr, algorithm, rank, world_size,
-                                reply_dtype, wire_dtype, register, upload, sync_timeout_ms,
-                                client, timeout, client_kwargs, defaults)
-            try:
-                # torch's constructor sets up its hooks and calls our add_param_group per group
-                _torch.optim.Optimizer.__init__(self, groups, d)
-                self.state = {}
-                self._setup_groups(list(range(len(self.param_groups))))
-            except BaseException:
-                self.close()
-                raise
-            self._ready = True
+        def _init_groups(self, groups, defaults):
+            # torch's constructor sets self.defaults, its hooks and a state dict (replaced by
+            # ours afterwards), and calls our add_param_group per group
+            _torch.optim.Optimizer.__init__(self, groups, defaults)
 
         # (_RemoteOptimizerCore comes first in the MRO: its add_param_group, step, zero_grad,
         # state_dict and load_state_dict replace torch's, which take tensors only)

@@ -11,7 +11,7 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Uni
 
 import numpy as np
 
-from .client import Client
+from .client import Client, _Closing
 from .errors import OrthodError
 from .placement import HashRing
 
@@ -22,7 +22,7 @@ def _name_key(name: str) -> bytes:
     return name.encode("utf-8")  # the daemon orders names bytewise
 
 
-class ShardedClient:
+class ShardedClient(_Closing):
     """One :class:`Client` per address (``client_kwargs`` are passed to each). The order of
     ``addresses`` is part of the placement: every process must list them in the same order."""
 
@@ -211,13 +211,6 @@ class ShardedClient:
         for c in self.clients:
             c.close()
         self._pool.shutdown(wait=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
     def __repr__(self):
         return "ShardedClient(%r)" % (self.addresses,)

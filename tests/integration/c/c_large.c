@@ -16,19 +16,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "ctest_util.h"
 #include "orthod/client.h"
-
-static int failures;
-
-#define CHECK(cond, ...)                                   \
-  do {                                                     \
-    if (!(cond)) {                                         \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);                        \
-      fprintf(stderr, "\n");                               \
-      failures++;                                          \
-    }                                                      \
-  } while (0)
 
 /* Uniform in [-1, 1) with 2^-23 spacing, exact in fp32; mirrored by hash_data() in Python. */
 static float hval(uint32_t seed, uint32_t i) {
@@ -49,16 +38,6 @@ static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
-
-static int write_f32(const char *dir, const char *file, const float *data, size_t n) {
-  char path[1024];
-  int plen = snprintf(path, sizeof path, "%s/%s", dir, file);
-  if (plen < 0 || (size_t)plen >= sizeof path) return -1;
-  FILE *f = fopen(path, "wb");
-  if (f == NULL) return -1;
-  int ok = fwrite(data, sizeof *data, n, f) == n;
-  return (fclose(f) == 0 && ok) ? 0 : -1;
 }
 
 int main(int argc, char **argv) {
@@ -118,7 +97,7 @@ int main(int argc, char **argv) {
   CHECK(rc == 0 && pt.step == 1, "pull 1: rc %d step %" PRIu64 ": %s", rc, pt.step,
         orthod_client_last_error(c));
   CHECK(memcmp(w, pull, n * 4) == 0, "step 0: fp32 reply differs from the fp32 pull");
-  if (write_f32(dir, "large.w1.f32", pull, n) != 0) failures++;
+  if (write_f32(pull, n, "%s/large.w1.f32", dir) != 0) failures++;
 
   /* step 1: bf16 both ways, bf16 host buffer for the reply */
   fill(g, n, 102, 1.0f);
@@ -153,7 +132,7 @@ int main(int argc, char **argv) {
   orthod_client_convert(pb, ORTHOD_CLIENT_BF16, pull, ORTHOD_CLIENT_F32, n);
   orthod_client_convert(g, ORTHOD_CLIENT_F32, pb, ORTHOD_CLIENT_BF16, n); /* g: widened bf16 */
   CHECK(memcmp(w, g, n * 4) == 0, "step 2: widened bf16 reply differs from bf16(fp32 pull)");
-  if (write_f32(dir, "large.w3.f32", pull, n) != 0) failures++;
+  if (write_f32(pull, n, "%s/large.w3.f32", dir) != 0) failures++;
 
   rc = orthod_step_finish(s);
   CHECK(rc == 0, "step_finish: %s", orthod_step_last_error(s));

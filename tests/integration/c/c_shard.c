@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ctest_util.h"
 #include "orthod/client.h"
 #include "orthod/shard.h"
 
@@ -36,18 +37,6 @@
 #define MAX_STEPS 32
 #define MAX_SHARDS 8
 #define DEAD_ADDRESS "127.0.0.1:1" /* nothing listens there: connections are refused */
-
-static int failures;
-
-#define CHECK(cond, ...)                                    \
-  do {                                                      \
-    if (!(cond)) {                                          \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);  \
-      fprintf(stderr, __VA_ARGS__);                         \
-      fprintf(stderr, "\n");                                \
-      failures++;                                           \
-    }                                                       \
-  } while (0)
 
 /* ---- a JSON reader for the vectors file (objects, arrays, strings, integers) ----------------- */
 
@@ -393,29 +382,6 @@ static param_t ps[MAX_PARAMS];
 static size_t np;
 static int steps;
 
-static float *read_f32(const char *dir, size_t k, const char *what, size_t n) {
-  char path[1024];
-  snprintf(path, sizeof path, "%s/p%zu.%s.f32", dir, k, what);
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) return NULL;
-  float *buf = malloc(n * sizeof *buf);
-  if (buf != NULL && fread(buf, sizeof *buf, n, f) != n) {
-    free(buf);
-    buf = NULL;
-  }
-  fclose(f);
-  return buf;
-}
-
-static int write_f32(const char *dir, size_t k, const float *data, size_t n) {
-  char path[1024];
-  snprintf(path, sizeof path, "%s/p%zu.out.f32", dir, k);
-  FILE *f = fopen(path, "wb");
-  if (f == NULL) return -1;
-  int ok = fwrite(data, sizeof *data, n, f) == n;
-  return fclose(f) == 0 && ok ? 0 : -1;
-}
-
 static int parse_cases(const char *dir) {
   char path[1024], line[4096];
   snprintf(path, sizeof path, "%s/cases.txt", dir);
@@ -423,15 +389,16 @@ static int parse_cases(const char *dir) {
   if (f == NULL) return -1;
   int err = 0;
   while (fgets(line, sizeof line, f) != NULL && err == 0) {
-    char *save = NULL, *tok = strtok_r(line, " \n", &save);
+    char *save = NULL, *tok = strtok_r(line, CASES_DELIM, &save);
     if (tok == NULL) continue;
     if (strcmp(tok, "steps") == 0) {
-      char *v = strtok_r(NULL, " \n", &save);
+      char *v = strtok_r(NULL, CASES_DELIM, &save);
       steps = v ? atoi(v) : 0;
     } else if (strcmp(tok, "param") == 0 && np < MAX_PARAMS) {
       param_t *p = &ps[np++];
-      char *name = strtok_r(NULL, " \n", &save), *algo = strtok_r(NULL, " \n", &save);
-      char *shape = strtok_r(NULL, " \n", &save), *shard = strtok_r(NULL, " \n", &save);
+      char *name = strtok_r(NULL, CASES_DELIM, &save), *algo = strtok_r(NULL, CASES_DELIM, &save);
+      char *shape = strtok_r(NULL, CASES_DELIM, &save);
+      char *shard = strtok_r(NULL, CASES_DELIM, &save);
       if (name == NULL || algo == NULL || shape == NULL || shard == NULL) {
         err = -1;
         break;
@@ -441,42 +408,23 @@ static int parse_cases(const char *dir) {
       p->shard = (size_t)atoi(shard);
       p->spec.name = p->name;
       p->spec.algorithm = p->algo;
-      p->n = 1;
-      for (char *s2 = NULL, *d = strtok_r(shape, "x", &s2); d != NULL && p->spec.ndim < 8;
-           d = strtok_r(NULL, "x", &s2)) {
-        p->spec.shape[p->spec.ndim++] = atoll(d);
-        p->n *= (size_t)atoll(d);
-      }
-      for (char *kv; (kv = strtok_r(NULL, " \n", &save)) != NULL && p->spec.n_options < MAX_OPTS;) {
-        size_t i = p->spec.n_options++;
-        snprintf(p->opt_text[i], sizeof p->opt_text[i], "%s", kv);
-        char *eq = strchr(p->opt_text[i], '=');
-        if (eq == NULL) {
-          err = -1;
-          break;
-        }
-        *eq = '\0';
-        p->opts[i].key = p->opt_text[i];
-        p->opts[i].value = eq + 1;
-      }
-      p->spec.options = p->opts;
+      p->n = parse_shape(shape, &p->spec);
+      err = parse_options(&save, &p->spec, p->opts, (char *)p->opt_text, sizeof p->opt_text[0],
+                          MAX_OPTS);
     } else if (strcmp(tok, "lrs") == 0) {
-      char *name = strtok_r(NULL, " \n", &save), *list = strtok_r(NULL, " \n", &save);
+      char *name = strtok_r(NULL, CASES_DELIM, &save), *list = strtok_r(NULL, CASES_DELIM, &save);
       for (size_t i = 0; name != NULL && list != NULL && i < np; i++) {
         if (strcmp(ps[i].name, name) != 0) continue;
         ps[i].has_lrs = true;
-        int k = 0;
-        for (char *s2 = NULL, *x = strtok_r(list, ",", &s2); x != NULL && k < MAX_STEPS;
-             x = strtok_r(NULL, ",", &s2))
-          ps[i].lrs[k++] = strtod(x, NULL);
+        parse_lrs(list, ps[i].lrs, MAX_STEPS);
       }
     }
   }
   fclose(f);
   if (err != 0 || np == 0 || steps <= 0 || steps > MAX_STEPS) return -1;
   for (size_t k = 0; k < np; k++) {
-    ps[k].w0 = read_f32(dir, k, "w0", ps[k].n);
-    ps[k].grads = read_f32(dir, k, "grads", (size_t)steps * ps[k].n);
+    ps[k].w0 = read_f32(ps[k].n, "%s/p%zu.w0.f32", dir, k);
+    ps[k].grads = read_f32((size_t)steps * ps[k].n, "%s/p%zu.grads.f32", dir, k);
     ps[k].w_sh = calloc(ps[k].n, sizeof(float));
     ps[k].w_one = calloc(ps[k].n, sizeof(float));
     if (!ps[k].w0 || !ps[k].grads || !ps[k].w_sh || !ps[k].w_one) return -1;
@@ -703,7 +651,8 @@ static int run_cluster(const char *dir, const char *single, const char *const *a
     CHECK(rc != 0 || (pulled[k].step == (uint64_t)steps && buf[k] != NULL &&
                       memcmp(buf[k], ps[k].w_sh, ps[k].n * sizeof(float)) == 0),
           "pull '%s': step %" PRIu64 " or weights differ", ps[k].name, pulled[k].step);
-    CHECK(write_f32(dir, k, ps[k].w_sh, ps[k].n) == 0, "write p%zu.out.f32", k);
+    CHECK(write_f32(ps[k].w_sh, ps[k].n, "%s/p%zu.out.f32", dir, k) == 0, "write p%zu.out.f32",
+          k);
     printf("%s shard=%zu step=%" PRIu64 "\n", ps[k].name, ps[k].shard, items[k].new_step);
   }
   for (size_t k = 0; k < np; k++) free(buf[k]);

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ctest_util.h"
 #include "orthod/client.h"
 
 #define MAX_PARAMS 16
@@ -35,43 +36,6 @@ typedef struct {
   bool has_lrs;
 } param_t;
 
-static int failures;
-
-#define CHECK(cond, ...)                     \
-  do {                                       \
-    if (!(cond)) {                           \
-      fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-      fprintf(stderr, __VA_ARGS__);          \
-      fprintf(stderr, "\n");                 \
-      failures++;                            \
-    }                                        \
-  } while (0)
-
-static float *read_f32(const char *dir, const char *name, const char *suffix, size_t n) {
-  char path[1024];
-  int plen = snprintf(path, sizeof path, "%s/%s.%s", dir, name, suffix);
-  if (plen < 0 || (size_t)plen >= sizeof path) return NULL;
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) return NULL;
-  float *buf = malloc(n * sizeof *buf);
-  if (buf != NULL && fread(buf, sizeof *buf, n, f) != n) {
-    free(buf);
-    buf = NULL;
-  }
-  fclose(f);
-  return buf;
-}
-
-static int write_f32(const char *dir, const char *name, const float *data, size_t n) {
-  char path[1024];
-  int plen = snprintf(path, sizeof path, "%s/%s.out.f32", dir, name);
-  if (plen < 0 || (size_t)plen >= sizeof path) return -1;
-  FILE *f = fopen(path, "wb");
-  if (f == NULL) return -1;
-  int ok = fwrite(data, sizeof *data, n, f) == n;
-  return (fclose(f) == 0 && ok) ? 0 : -1;
-}
-
 static bool extras; /* cases.txt "extras": also run the multi-worker checks */
 
 static int parse_cases(const char *dir, param_t *ps, size_t *np, int *steps) {
@@ -82,45 +46,33 @@ static int parse_cases(const char *dir, param_t *ps, size_t *np, int *steps) {
   *np = 0;
   *steps = 0;
   while (fgets(line, sizeof line, f)) {
-    char *save = NULL, *tok = strtok_r(line, " \t\n", &save);
+    char *save = NULL, *tok = strtok_r(line, CASES_DELIM, &save);
     if (tok == NULL) continue;
     if (strcmp(tok, "extras") == 0) {
       extras = true;
     } else if (strcmp(tok, "steps") == 0) {
-      *steps = atoi(strtok_r(NULL, " \t\n", &save));
+      *steps = atoi(strtok_r(NULL, CASES_DELIM, &save));
     } else if (strcmp(tok, "param") == 0 && *np < MAX_PARAMS) {
       param_t *p = &ps[(*np)++];
       memset(p, 0, sizeof *p);
-      snprintf(p->name, sizeof p->name, "%s", strtok_r(NULL, " \t\n", &save));
-      snprintf(p->algo, sizeof p->algo, "%s", strtok_r(NULL, " \t\n", &save));
-      char *shape = strtok_r(NULL, " \t\n", &save);
-      snprintf(p->wire, sizeof p->wire, "%s", strtok_r(NULL, " \t\n", &save));
+      snprintf(p->name, sizeof p->name, "%s", strtok_r(NULL, CASES_DELIM, &save));
+      snprintf(p->algo, sizeof p->algo, "%s", strtok_r(NULL, CASES_DELIM, &save));
+      char *shape = strtok_r(NULL, CASES_DELIM, &save);
+      snprintf(p->wire, sizeof p->wire, "%s", strtok_r(NULL, CASES_DELIM, &save));
       p->spec.name = p->name;
       p->spec.algorithm = p->algo;
-      p->n = 1;
-      for (char *s2 = NULL, *d = strtok_r(shape, "x", &s2); d; d = strtok_r(NULL, "x", &s2)) {
-        p->spec.shape[p->spec.ndim++] = atoll(d);
-        p->n *= (size_t)atoll(d);
+      p->n = parse_shape(shape, &p->spec);
+      if (parse_options(&save, &p->spec, p->opts, (char *)p->opt_text, sizeof p->opt_text[0],
+                        MAX_OPTS) != 0) {
+        fclose(f);
+        return -1;
       }
-      for (char *kv; (kv = strtok_r(NULL, " \t\n", &save)) != NULL && p->spec.n_options < MAX_OPTS;) {
-        size_t i = p->spec.n_options++;
-        snprintf(p->opt_text[i], sizeof p->opt_text[i], "%s", kv);
-        char *eq = strchr(p->opt_text[i], '=');
-        if (eq == NULL) return -1;
-        *eq = '\0';
-        p->opts[i].key = p->opt_text[i];
-        p->opts[i].value = eq + 1;
-      }
-      p->spec.options = p->opts;
     } else if (strcmp(tok, "lrs") == 0) {
-      char *name = strtok_r(NULL, " \t\n", &save), *list = strtok_r(NULL, " \t\n", &save);
+      char *name = strtok_r(NULL, CASES_DELIM, &save), *list = strtok_r(NULL, CASES_DELIM, &save);
       for (size_t i = 0; i < *np; i++) {
         if (strcmp(ps[i].name, name) != 0) continue;
         ps[i].has_lrs = true;
-        int k = 0;
-        for (char *s2 = NULL, *v = strtok_r(list, ",", &s2); v && k < MAX_STEPS;
-             v = strtok_r(NULL, ",", &s2))
-          ps[i].lrs[k++] = strtod(v, NULL);
+        parse_lrs(list, ps[i].lrs, MAX_STEPS);
       }
     }
   }
@@ -310,8 +262,8 @@ int main(int argc, char **argv) {
     rc = orthod_register(c, &p->spec, NULL, &created);
     CHECK(rc == 0 && !created, "re-register %s: rc %d created %d: %s", p->name, rc, created,
           orthod_client_last_error(c));
-    p->w0 = read_f32(dir, p->name, "w0.f32", p->n);
-    p->grads = read_f32(dir, p->name, "grads.f32", (size_t)steps * p->n);
+    p->w0 = read_f32(p->n, "%s/%s.w0.f32", dir, p->name);
+    p->grads = read_f32((size_t)steps * p->n, "%s/%s.grads.f32", dir, p->name);
     p->w = calloc(p->n, sizeof *p->w);
     if (p->w0 == NULL || p->grads == NULL || p->w == NULL) {
       fprintf(stderr, "c_trajectory: cannot load the data of %s\n", p->name);
@@ -386,7 +338,7 @@ int main(int argc, char **argv) {
     CHECK(rc == 0 && info.step == (uint64_t)steps, "describe %s: rc %d step %" PRIu64 ": %s",
           p->name, rc, info.step, orthod_client_last_error(c));
     orthod_param_info_clear(&info);
-    if (write_f32(dir, p->name, p->w, p->n) != 0) {
+    if (write_f32(p->w, p->n, "%s/%s.out.f32", dir, p->name) != 0) {
       fprintf(stderr, "c_trajectory: cannot write %s.out.f32\n", p->name);
       failures++;
     }
