@@ -1,10 +1,11 @@
-/* orthoctl.c — command-line tool for an orthod daemon: health, list, describe, pull to .npy,
- * drop, set hyper-parameters, and a step benchmark; with --shards, for a set of daemons that a
- * sharded client spreads parameters over (orthod/shard.h): commands on a NAME go to the daemon
- * that owns it, the others run on every daemon, and `where` prints the owners. Exit codes: 0 ok,
- * 1 the daemon (or the connection) reported an error, 2 usage. */
+/* orthoctl.c — command-line tool for an orthod daemon: health (check, or watch the status),
+ * list, describe, pull to .npy, drop, set hyper-parameters, and a step benchmark; with --shards,
+ * for a set of daemons that a sharded client spreads parameters over (orthod/shard.h): commands
+ * on a NAME go to the daemon that owns it, the others run on every daemon, and `where` prints the
+ * owners. Exit codes: 0 ok, 1 the daemon (or the connection) reported an error, 2 usage. */
 #include <errno.h>
 #include <inttypes.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -119,15 +120,96 @@ static double now_s(void) {
 
 /* ---- health ---------------------------------------------------------------------------------- */
 
+/* Set by SIGINT/SIGTERM while `health --watch` runs. */
+static volatile sig_atomic_t interrupted;
+
+static void on_interrupt(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+/* Local wall-clock time with milliseconds and UTC offset: 2026-01-05T10:32:01.123+0100. */
+static const char *timestamp(char *buf, size_t len) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  struct tm tm;
+  char day[32] = "?", zone[16] = "";
+  if (localtime_r(&ts.tv_sec, &tm) != NULL) {
+    strftime(day, sizeof day, "%Y-%m-%dT%H:%M:%S", &tm);
+    strftime(zone, sizeof zone, "%z", &tm);
+  }
+  snprintf(buf, len, "%s.%03ld%s", day, (long)(ts.tv_nsec / 1000000), zone);
+  return buf;
+}
+
+/* `health --watch`: one line per status until the stream ends or a signal. --timeout bounds the
+ * wait for the first status only; the stream itself has no deadline. */
+static int health_watch(orthod_client_t *c, const globals_t *g, const char *service) {
+  struct sigaction sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sa_handler = on_interrupt;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  orthod_health_watch_t *w = NULL;
+  if (orthod_health_watch_open(c, service, 0, &w) != 0) return rpc_error(c);
+  int64_t first_ms = g->timeout_ms >= 0 ? g->timeout_ms : 60000;
+  double t0 = now_s();
+  int last = -1, rc = 0;
+  char ts[64];
+  while (!interrupted) {
+    int status = 0;
+    /* Short waits, so that a signal is noticed within 200 ms. */
+    int r = orthod_health_watch_next(w, 200, &status);
+    if (r == ORTHOD_HEALTH_WATCH_TIMEOUT) {
+      if (last < 0 && first_ms > 0 && (now_s() - t0) * 1e3 >= (double)first_ms) {
+        fprintf(stderr, "orthoctl: DEADLINE_EXCEEDED: no health status within %" PRId64 " ms\n",
+                first_ms);
+        rc = EXIT_RPC;
+        break;
+      }
+      continue;
+    }
+    if (r == 0) {
+      printf("%s %s%s%s: %s\n", timestamp(ts, sizeof ts), g->addr, service[0] ? " " : "", service,
+             orthod_health_status_name(status));
+      fflush(stdout);
+      last = status;
+      continue;
+    }
+    /* The stream is over. After NOT_SERVING, UNAVAILABLE is the daemon's orderly shutdown. */
+    if (r == 14 /* UNAVAILABLE */ && last == ORTHOD_HEALTH_NOT_SERVING) {
+      printf("%s %s%s%s: stream ended: %s\n", timestamp(ts, sizeof ts), g->addr,
+             service[0] ? " " : "", service, orthod_health_watch_last_error(w));
+      fflush(stdout);
+    } else {
+      fprintf(stderr, "orthoctl: %s\n", orthod_health_watch_last_error(w));
+      rc = EXIT_RPC;
+    }
+    break;
+  }
+  orthod_health_watch_close(w);
+  return rc;
+}
+
 static int cmd_health(orthod_client_t *c, const globals_t *g, int argc, char **argv) {
-  (void)argv;
-  if (argc > 1) return usage_error("health", "unexpected argument '%s'", argv[1]);
+  bool watch = false;
+  const char *service = NULL;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--watch") == 0 || strcmp(argv[i], "-w") == 0) watch = true;
+    else if (argv[i][0] == '-') return usage_error("health", "unknown option '%s'", argv[i]);
+    else if (service == NULL) service = argv[i];
+    else return usage_error("health", "unexpected argument '%s'", argv[i]);
+  }
+  if (service == NULL) service = "";
+  if (watch && g->shards != NULL)
+    return usage_error("health", "%s", "--watch follows one daemon (--addr), not --shards");
+  if (watch) return health_watch(c, g, service);
   int serving = 0;
-  if (orthod_health_check(c, "", &serving) != 0) return rpc_error(c);
-  static const char *const names[] = {"UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"};
-  const char *name = serving >= 0 && serving <= 3 ? names[serving] : "UNKNOWN";
-  printf("%s: %s\n", g->addr, name);
-  return serving == 1 ? 0 : EXIT_RPC;
+  if (orthod_health_check(c, service, &serving) != 0) return rpc_error(c);
+  printf("%s%s%s: %s\n", g->addr, service[0] ? " " : "", service,
+         orthod_health_status_name(serving));
+  return serving == ORTHOD_HEALTH_SERVING ? 0 : EXIT_RPC;
 }
 
 /* ---- list ------------------------------------------------------------------------------------ */
@@ -496,9 +578,19 @@ static int cmd_where(orthod_client_t *c, const globals_t *g, int argc, char **ar
 /* ---- main ------------------------------------------------------------------------------------ */
 
 static const command_t commands[] = {
-    {"health", cmd_health, "", "check that the daemon serves (grpc.health.v1)",
+    {"health", cmd_health, "[--watch] [SERVICE]", "check that the daemon serves (grpc.health.v1)",
      "Prints ADDR: SERVING and exits 0, or exits 1 when the daemon is not serving or cannot be\n"
-     "reached.\n", ON_EACH},
+     "reached. SERVICE: \"\" (the default, the whole daemon) or orthod.v1.Optimizer; another\n"
+     "name is NOT_FOUND.\n"
+     "\n"
+     "--watch (-w) follows the status (grpc.health.v1.Health/Watch; one daemon, not with\n"
+     "--shards): prints TIME ADDR: STATUS at once and on every change, with TIME the local\n"
+     "time (2026-01-05T10:32:01.123+0100), until the stream ends or Ctrl-C. An unknown SERVICE\n"
+     "prints SERVICE_UNKNOWN and keeps watching. --timeout bounds the wait for the first status\n"
+     "only. Exit status: 0 after Ctrl-C (SIGINT) or SIGTERM, and when the daemon shuts down in\n"
+     "order (NOT_SERVING, then the stream ends with UNAVAILABLE: printed as TIME ADDR: stream\n"
+     "ended: ...); 1 for any other end (daemon unreachable or gone without NOT_SERVING, no\n"
+     "first status within --timeout), with the error on stderr.\n", ON_EACH},
     {"list", cmd_list, "[PREFIX]", "table of parameters (name, shape, algorithm, step, MiB, mode)",
      "Lists the parameters whose names start with PREFIX (all without it), in name order, with\n"
      "their device memory (weights + optimizer state) and the device total.\n", ON_EACH},

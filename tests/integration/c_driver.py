@@ -4,7 +4,8 @@
 * numpy (exits 77 when it is missing), tests/reference/orthod_ref.py as `ref`, and the
   tolerances of tests/reference/test_trajectories.py.
 * Failure / check(): an expected failure of a check (reported without a traceback).
-* run(): a C program, under valgrind's memcheck when --valgrind was given.
+* run(): a C program, under valgrind's memcheck when --valgrind was given; memcheck_cmd(): the
+  same command line for programs started with subprocess.Popen.
 * The input of the C programs: the data files of a parameter (random w0 and gradients as
   little-endian float32) and the lines of DIR/cases.txt.
 * rel_error(): the comparison metric of tests/reference, max|W - W_ref| / max|W_ref - W_0|.
@@ -45,7 +46,8 @@ TOL_BF16 = 3e-2   # precision medium (bf16 NS intermediates, rounding flips): me
 VALGRIND = None   # set by main() from --valgrind
 
 __all__ = ["HERE", "SKIP", "TOL_BF16", "TOL_ELEM", "TOL_FP32", "Failure", "case_lines", "check",
-           "main", "np", "ref", "rel_error", "run", "write_cases_txt", "write_data"]
+           "main", "memcheck_cmd", "np", "ref", "rel_error", "run", "write_cases_txt",
+           "write_data"]
 
 
 class Failure(Exception):
@@ -57,11 +59,19 @@ def check(cond, what):
         raise Failure(what)
 
 
+def memcheck_cmd(cmd, memcheck=True):
+    """cmd under valgrind's memcheck when --valgrind was given (and memcheck): exit status 99
+    then means memory errors or definite leaks."""
+    if VALGRIND and memcheck:
+        return [VALGRIND, "--quiet", "--error-exitcode=99", "--leak-check=full",
+                "--errors-for-leak-kinds=definite"] + list(cmd)
+    return list(cmd)
+
+
 def run(cmd, timeout=120, memcheck=True):
     """Run a C program (under valgrind when asked); returns (rc, stdout, stderr) as text."""
     if VALGRIND and memcheck:
-        cmd = [VALGRIND, "--quiet", "--error-exitcode=99", "--leak-check=full",
-               "--errors-for-leak-kinds=definite"] + cmd
+        cmd = memcheck_cmd(cmd)
         timeout *= 10
     p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
     out, err = p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")

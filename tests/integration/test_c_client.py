@@ -11,14 +11,23 @@ ORTHOD_TEST_BACKEND=cuda runs them on `--backend cuda` and exits 77 when there i
               must be 10.
   large       tests/integration/c/c_large: a 4096x4096 parameter through fp32 and bf16 on the
               wire (exact checks in C against Pull; the fp32 weights against the reference here).
-  orthoctl    the CLI: health, list, describe, pull -o .npy, set, drop, bench, usage and error
-              exit codes.
+  orthoctl    the CLI: health (of a service too), list, describe, pull -o .npy, set, drop, bench,
+              usage and error exit codes; `health --watch` of "", of orthod.v1.Optimizer and of
+              an unknown name run in the background meanwhile: their first lines (timestamped
+              SERVING / SERVICE_UNKNOWN), exit 0 on SIGINT, and when the daemon is stopped at the
+              end NOT_SERVING then `stream ended: UNAVAILABLE ...` with exit 0 (exit 1 and the
+              error on stderr for the unknown name).
+  health      tests/integration/c/c_health: Check and Watch through the library (statuses at
+              once, timeouts, a call deadline, closing open watches, an unreachable daemon);
+              then the daemon gets SIGTERM and the watches must see NOT_SERVING and the end
+              with UNAVAILABLE (see the program's header).
 Metric for the reference comparisons, as in tests/reference/test_trajectories.py:
     rel = max|W_daemon - W_ref| / max|W_ref - W_0|   (error relative to the change the steps made)
 with that file's tolerances (quoted next to each case below).
 
 usage: /usr/bin/python3 test_c_client.py --orthod PATH --orthoctl PATH --trajectory PATH
-       --large PATH [--only trajectory,large,orthoctl] [--valgrind PATH] [--keep]
+       --large PATH [--health PATH] [--only trajectory,large,orthoctl,health]
+       [--valgrind PATH] [--keep]
 --valgrind runs the C programs and orthoctl under memcheck (definite leaks and memory errors
 fail). Prints `PASS part` / `FAIL part` lines and `N passed, N failed`; exit 1 on failure, 77
 when numpy is missing or the daemon is not built.
@@ -36,9 +45,21 @@ sys.dont_write_bytecode = True
 
 import c_driver  # noqa: E402  (exits 77 when numpy is missing)
 from c_driver import (TOL_BF16, TOL_ELEM, TOL_FP32, Failure, case_lines, check,  # noqa: E402
-                      np, ref, rel_error, run, write_cases_txt, write_data)
+                      memcheck_cmd, np, ref, rel_error, run, write_cases_txt, write_data)
 
 LISTEN_RE = re.compile(r"^orthod: listening on 127\.0\.0\.1:(\d+) \(pid (\d+)\)$")
+# the timestamp that starts every line of `orthoctl health --watch`
+STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d{4} "
+
+
+def own_stderr(err):
+    """stderr without valgrind's lines (==PID== ..., e.g. leaks that are only possible)."""
+    return "".join(ln for ln in err.splitlines(True) if not ln.startswith("=="))
+
+
+def slow():
+    """Factor for waits: programs under valgrind run about ten times slower."""
+    return 10 if c_driver.VALGRIND else 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -93,6 +114,52 @@ class Daemon:
                 self.proc.wait()
         self.log.close()
         return self.proc.returncode
+
+
+class Background:
+    """A program running while the test goes on (under memcheck with --valgrind, if memcheck);
+    its stdout is read line by line with timeouts."""
+
+    def __init__(self, cmd, memcheck=True):
+        self.cmd = cmd
+        self.memcheck = bool(c_driver.VALGRIND and memcheck)
+        self.proc = subprocess.Popen(memcheck_cmd(cmd, memcheck), stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE)
+        self.buf = b""
+
+    def line(self, timeout):
+        """The next line of stdout without its newline; None at EOF or after timeout seconds."""
+        deadline = time.time() + timeout
+        while b"\n" not in self.buf:
+            left = deadline - time.time()
+            if left <= 0:
+                return None
+            r, _, _ = select.select([self.proc.stdout], [], [], left)
+            if r:
+                b = os.read(self.proc.stdout.fileno(), 4096)
+                if not b:
+                    return None
+                self.buf += b
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode(errors="replace")
+
+    def finish(self, timeout):
+        """Wait for the exit: (status, the rest of stdout, stderr); valgrind errors fail."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise Failure("%s did not exit within %d s" % (" ".join(self.cmd), timeout))
+        out, err = (self.buf + out).decode(errors="replace"), err.decode(errors="replace")
+        self.buf = b""
+        if self.memcheck and self.proc.returncode == 99:
+            raise Failure("valgrind reported errors for %s:\n%s" % (" ".join(self.cmd), err))
+        return self.proc.returncode, out, err
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,14 +298,40 @@ def part_orthoctl(args, tmp):
         rc, out, err = run(cmd, timeout=timeout, memcheck=memcheck)
         check(rc == expect, "orthoctl %s: exit %d, expected %d\nstdout: %s\nstderr: %s"
               % (" ".join(argv), rc, expect, out, err))
-        return out, err
+        return out, own_stderr(err)
 
+    watchers = []
     try:
         rc, out, err = run([args.trajectory, d.addr, tmp], memcheck=False)
         check(rc == 0, "c_trajectory (setup) exit %d\n%s%s" % (rc, out, err))
 
+        # health --watch in the background until the daemon stops at the end (memchecked: the
+        # watch of "" and the one ended by SIGINT)
+        watch = [args.orthoctl, "--addr", d.addr, "--timeout", "20000", "health", "--watch"]
+        watch_all = Background(watch)
+        watch_unknown = Background(watch + ["no.such.Service"], memcheck=False)
+        watch_int = Background(watch + ["orthod.v1.Optimizer"])
+        watchers = [watch_all, watch_unknown, watch_int]
+        for w, label, status in ((watch_all, d.addr, "SERVING"),
+                                 (watch_unknown, d.addr + " no.such.Service", "SERVICE_UNKNOWN"),
+                                 (watch_int, d.addr + " orthod.v1.Optimizer", "SERVING")):
+            line = w.line(30 * slow())
+            check(line is not None and re.match("^%s%s: %s$" % (STAMP, re.escape(label), status),
+                                                line), "health --watch %s: first line %r"
+                  % (label, line))
+        watch_int.proc.send_signal(signal.SIGINT)
+        rc, out, err = watch_int.finish(30 * slow())
+        err = own_stderr(err)
+        check(rc == 0 and out == "" and err == "", "health --watch after SIGINT: exit %d, "
+              "stdout %r, stderr %r" % (rc, out, err))
+
         out, _ = ctl("health")
-        check("SERVING" in out, "health: %r" % out)
+        check(out == "%s: SERVING\n" % d.addr, "health: %r" % out)
+        out, _ = ctl("health", "orthod.v1.Optimizer")
+        check(out == "%s orthod.v1.Optimizer: SERVING\n" % d.addr, "health SERVICE: %r" % out)
+        _, err = ctl("health", "no.such.Service", expect=1)
+        check(err == "orthoctl: NOT_FOUND: unknown service 'no.such.Service'\n",
+              "health of an unknown service: %r" % err)
 
         out, _ = ctl("list")
         lines = out.rstrip("\n").split("\n")
@@ -300,7 +393,8 @@ def part_orthoctl(args, tmp):
 
         for bad in (["bogus"], ["describe"], ["pull", "layer0.qkv"], ["set", "head.w"],
                     ["set", "head.w", "novalue"], ["list", "a", "b"], ["bench", "--shape", "0x3"],
-                    ["pull", "x", "-o", "y.npy", "--dtype", "f64"]):
+                    ["pull", "x", "-o", "y.npy", "--dtype", "f64"], ["health", "a", "b"],
+                    ["health", "--watch", "--often"]):
             # usage errors never reach the client library: memcheck only the first one
             _, err = ctl(*bad, expect=2, memcheck=bad == ["bogus"])
             check("orthoctl" in err and "--help" in err, "usage error text: %r" % err)
@@ -321,20 +415,74 @@ def part_orthoctl(args, tmp):
                          timeout=30)
         check(rc == 1 and err.startswith("orthoctl: UNAVAILABLE: "), "unreachable: %d %r"
               % (rc, err))
+        rc, out, err = run([args.orthoctl, "--addr", "127.0.0.1:1", "--timeout", "3000", "health",
+                            "--watch"], timeout=30)
+        check(rc == 1 and out == "" and err.startswith("orthoctl: UNAVAILABLE: "),
+              "health --watch unreachable: %d %r %r" % (rc, out, err))
+
+        # the daemon shuts down: the watch of "" prints NOT_SERVING and the orderly end (exit 0),
+        # the unknown name only sees the stream end (exit 1)
+        d.stop_checked()
+        rc, out, err = watch_all.finish(30 * slow())
+        err = own_stderr(err)
+        lines = out.splitlines()
+        check(rc == 0 and err == "" and len(lines) == 2
+              and re.match("^%s%s: NOT_SERVING$" % (STAMP, re.escape(d.addr)), lines[0])
+              and re.match("^%s%s: stream ended: UNAVAILABLE: orthod is shutting down$"
+                           % (STAMP, re.escape(d.addr)), lines[1]),
+              "health --watch at shutdown: exit %d, stdout %r, stderr %r" % (rc, out, err))
+        rc, out, err = watch_unknown.finish(30 * slow())
+        check(rc == 1 and out == "" and err == "orthoctl: UNAVAILABLE: orthod is shutting down\n",
+              "health --watch no.such.Service at shutdown: exit %d, stdout %r, stderr %r"
+              % (rc, out, err))
     finally:
+        for w in watchers:
+            w.kill()
+        d.stop_checked()
+
+
+# ---------------------------------------------------------------------------------------------
+# (d) health: Check and Watch through the library
+
+
+def part_health(args, tmp):
+    check(args.health is not None, "the health part needs --health PATH (c_health)")
+    d = Daemon(args.orthod, tmp)
+    prog = None
+    try:
+        prog = Background([args.health, d.addr])
+        got = []
+        while not got or got[-1] != "ready":
+            line = prog.line(60 * slow())
+            if line is None:
+                prog.kill()
+                rc, out, err = prog.finish(10)
+                raise Failure("c_health did not get ready (exit %s)\n%s\n%s%s\ndaemon log:\n%s"
+                              % (rc, "\n".join(got), out, err, d.log_tail()))
+            got.append(line)
+        # SIGTERM: the open watches must see NOT_SERVING, then the end; the daemon exits 0
+        d.stop_checked()
+        rc, out, err = prog.finish(60 * slow())
+        print("  c_health: " + "\n  c_health: ".join(got + out.strip().split("\n")))
+        check(rc == 0, "c_health exit %d\n%s\ndaemon log:\n%s" % (rc, err, d.log_tail()))
+    finally:
+        if prog is not None:
+            prog.kill()
         d.stop_checked()
 
 
 # ---------------------------------------------------------------------------------------------
 
 
-PARTS = [("trajectory", part_trajectory), ("large", part_large), ("orthoctl", part_orthoctl)]
+PARTS = [("trajectory", part_trajectory), ("large", part_large), ("orthoctl", part_orthoctl),
+         ("health", part_health)]
 
 
 def add_arguments(ap):
     ap.add_argument("--orthoctl", required=True)
     ap.add_argument("--trajectory", required=True, help="path of c_trajectory")
     ap.add_argument("--large", required=True, help="path of c_large")
+    ap.add_argument("--health", default=None, help="path of c_health (needed by the health part)")
 
 
 def skip_without_cuda(args):

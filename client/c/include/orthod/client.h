@@ -5,12 +5,15 @@
  * last-error message "CODE_NAME: message" (orthod_client_last_error, orthod_step_last_error).
  * Errors found by the client itself (bad arguments, a reply that does not cover a buffer) use
  * the same codes: INVALID_ARGUMENT for bad arguments, DATA_LOSS for malformed replies,
- * RESOURCE_EXHAUSTED for memory. Nothing here calls exit() or aborts on bad input.
+ * RESOURCE_EXHAUSTED for memory. The one value outside the gRPC codes is
+ * ORTHOD_HEALTH_WATCH_TIMEOUT (-1) from orthod_health_watch_next. Nothing here calls exit() or
+ * aborts on bad input.
  *
- * Threads: a handle (client or step stream) is used by one thread at a time. Different clients
- * may be used from different threads; a step stream may run on another thread than its client
- * (it has its own completion queue and its own last-error), but every stream must be destroyed
- * before its client. Calls block the calling thread; there are no callbacks from other threads.
+ * Threads: a handle (client, step stream or health watch) is used by one thread at a time.
+ * Different clients may be used from different threads; a step stream or a health watch may run
+ * on another thread than its client (each has its own completion queue and its own last-error),
+ * but every stream and watch must be destroyed (closed) before its client. Calls block the
+ * calling thread; there are no callbacks from other threads.
  *
  * Tensor data: caller buffers are flat, row-major, in a host dtype (f32, bf16 or f16); the wire
  * dtype may differ, conversions use round-to-nearest-even like the daemon. Data moves in chunks
@@ -38,6 +41,7 @@ extern "C" {
 
 typedef struct orthod_client orthod_client_t;
 typedef struct orthod_step_stream orthod_step_stream_t;
+typedef struct orthod_health_watch orthod_health_watch_t;
 
 /* Element types; the values are those of orthod.v1.DType. 0 (DEFAULT) means F32. */
 typedef enum {
@@ -176,10 +180,58 @@ ORTHOD_CLIENT_API int orthod_list(orthod_client_t *client, const char *prefix,
                                   orthod_param_list_t *list);
 ORTHOD_CLIENT_API void orthod_param_list_clear(orthod_param_list_t *list);
 
+/* ---- health (grpc.health.v1.Health) ------------------------------------------------------ */
+
+/* ServingStatus values of grpc.health.v1 (what orthod_health_check and a watch report). */
+typedef enum {
+  ORTHOD_HEALTH_UNKNOWN = 0,
+  ORTHOD_HEALTH_SERVING = 1,
+  ORTHOD_HEALTH_NOT_SERVING = 2,    /* the daemon is shutting down */
+  ORTHOD_HEALTH_SERVICE_UNKNOWN = 3 /* Watch of a service name the daemon does not know */
+} orthod_health_status_t;
+
+/* "UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"; "UNKNOWN" outside 0..3. */
+ORTHOD_CLIENT_API const char *orthod_health_status_name(int status);
+
 /* grpc.health.v1.Health/Check for `service` (NULL or "": the whole server). serving (may be
- * NULL) receives the ServingStatus: 1 SERVING, 2 NOT_SERVING, 0 UNKNOWN. */
+ * NULL) receives the ServingStatus: 1 SERVING, 2 NOT_SERVING, 0 UNKNOWN. An unknown service is
+ * NOT_FOUND. */
 ORTHOD_CLIENT_API int orthod_health_check(orthod_client_t *client, const char *service,
                                           int *serving);
+
+/* orthod_health_watch_next: nothing arrived within its timeout; the watch stays open. */
+#define ORTHOD_HEALTH_WATCH_TIMEOUT (-1)
+
+/* Open grpc.health.v1.Health/Watch for `service` (NULL or "": the whole server): a
+ * server-streaming call on which the daemon sends the current status at once and again on every
+ * change (NOT_SERVING when it starts to shut down, then it ends the stream with UNAVAILABLE).
+ * deadline_ms bounds the whole call (it then ends with DEADLINE_EXCEEDED); 0: none, the usual
+ * choice for a watch; negative is INVALID_ARGUMENT. Returns without waiting for the daemon: a
+ * daemon that cannot be reached shows as the stream's end status in orthod_health_watch_next.
+ * *out owns the watch (orthod_health_watch_close); errors go to the client's last error. */
+ORTHOD_CLIENT_API int orthod_health_watch_open(orthod_client_t *client, const char *service,
+                                               int64_t deadline_ms, orthod_health_watch_t **out);
+
+/* Wait at most timeout_ms (< 0: no limit; 0: only look) for the next status:
+ *   0                            *status holds it (an orthod_health_status_t value);
+ *   ORTHOD_HEALTH_WATCH_TIMEOUT  nothing arrived in time: call again;
+ *   anything else                the stream is over, with this gRPC status (the daemon's:
+ *                                UNAVAILABLE "orthod is shutting down" after NOT_SERVING; the
+ *                                transport's: UNAVAILABLE when the daemon cannot be reached;
+ *                                DEADLINE_EXCEEDED; DATA_LOSS for a malformed message). A stream
+ *                                the daemon ends with OK reads as UNAVAILABLE, since a Watch only
+ *                                ends when the daemon goes away. Every later call returns the
+ *                                same status.
+ * Statuses that arrived before the end are all returned first. */
+ORTHOD_CLIENT_API int orthod_health_watch_next(orthod_health_watch_t *watch, int64_t timeout_ms,
+                                               int *status);
+
+/* The watch's last error: "UNAVAILABLE: orthod is shutting down" once the stream is over; ""
+ * after a status or a timeout. */
+ORTHOD_CLIENT_API const char *orthod_health_watch_last_error(const orthod_health_watch_t *watch);
+
+/* Cancel the call if it is still open and free the watch (NULL is a no-op). */
+ORTHOD_CLIENT_API void orthod_health_watch_close(orthod_health_watch_t *watch);
 
 /* ---- weights: upload and pull ------------------------------------------------------------ */
 
