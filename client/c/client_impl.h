@@ -1,11 +1,12 @@
-/* client_impl.h — liborthod-client internals shared by client.c and step.c: the client struct,
- * call setup on per-call completion queues, protobuf <-> grpc_byte_buffer, error text, dtype
- * conversion and chunk-coverage bookkeeping. */
+/* client_impl.h — liborthod-client internals shared by its files: the client struct, call setup
+ * on per-call completion queues, the receiving side of streaming calls (step.c, health.c),
+ * protobuf <-> grpc_byte_buffer, error text, dtype conversion and chunk-coverage bookkeeping. */
 #ifndef ORTHOD_CLIENT_IMPL_H
 #define ORTHOD_CLIENT_IMPL_H
 
 #include <grpc/grpc.h>
 #include <grpc/status.h>
+#include <grpc/support/time.h>
 #include <protobuf-c/protobuf-c.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -44,6 +45,46 @@ void orthod__cl_call_end(orthod__cl_call_t *call);
 /* Start a batch with tag `tag` and wait for it (no timeout: the call's deadline bounds it).
  * Returns the event's success flag; false also when the batch could not be started. */
 bool orthod__cl_call_batch(orthod__cl_call_t *call, const grpc_op *ops, size_t n, void *tag);
+
+/* The receiving side of a long-lived streaming call (Step, Health/Watch) on its own queue: one
+ * RECV_STATUS_ON_CLIENT batch from the start, and at most one RECV_MESSAGE outstanding, armed
+ * again after each message. Batches carry the tags below (unique: the queue is the call's own). */
+#define ORTHOD__TAG_SEND ((void *)1)
+#define ORTHOD__TAG_RECV ((void *)2)
+#define ORTHOD__TAG_STATUS ((void *)3)
+
+typedef struct orthod__cl_stream {
+  orthod__cl_call_t call;
+  grpc_metadata_array init_md, trail_md;
+  grpc_byte_buffer *recv_bb; /* target of the outstanding RECV_MESSAGE */
+  grpc_status_code status;   /* filled by RECV_STATUS_ON_CLIENT */
+  grpc_slice details;
+  bool recv_pending;         /* a RECV_MESSAGE batch is outstanding */
+  bool status_pending;       /* the RECV_STATUS_ON_CLIENT batch is outstanding */
+} orthod__cl_stream_t;
+
+/* Zero st and make it safe to release; call first, before anything can fail. */
+void orthod__cl_stream_init(orthod__cl_stream_t *st);
+
+/* Start the call (orthod__cl_call_start) and its RECV_STATUS_ON_CLIENT batch. On failure fills
+ * err and returns a status; st must still be released. */
+int orthod__cl_stream_start(orthod_client_t *c, const char *method, int64_t deadline_ms,
+                            orthod__cl_stream_t *st, char *err);
+
+/* Arm the next RECV_MESSAGE (with the initial metadata the first time); false when the call
+ * refuses it (the stream is over: its status says why). */
+bool orthod__cl_stream_arm_recv(orthod__cl_stream_t *st, bool with_initial_md);
+
+/* Wait for the batch with `tag` until `deadline`. */
+grpc_event orthod__cl_stream_pluck(orthod__cl_stream_t *st, void *tag, gpr_timespec deadline);
+
+/* Wait for the outstanding receives (discarding their messages) and the status. Prompt once the
+ * stream is over or cancelled; afterwards st->status/details hold the end status. */
+void orthod__cl_stream_drain(orthod__cl_stream_t *st);
+
+/* Drain (the caller has cancelled the call if it was still open), end the call, free st's
+ * buffers. */
+void orthod__cl_stream_release(orthod__cl_stream_t *st);
 
 /* Serialize a message into a new byte buffer (caller destroys), NULL on allocation failure. */
 grpc_byte_buffer *orthod__cl_pack(const ProtobufCMessage *msg);

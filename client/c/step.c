@@ -9,10 +9,8 @@
 
 #include "client_impl.h"
 
-/* Tags of the four kinds of batch; the stream has its own queue, so constants are unique. */
-#define TAG_SEND ((void *)1)
-#define TAG_RECV ((void *)2)
-#define TAG_STATUS ((void *)3)
+#define TAG_SEND ORTHOD__TAG_SEND
+#define TAG_RECV ORTHOD__TAG_RECV
 
 typedef struct pending {
   orthod_step_item_t *item; /* caller-owned until answered */
@@ -21,13 +19,7 @@ typedef struct pending {
 
 struct orthod_step_stream {
   orthod_client_t *client; /* borrowed: options and channel */
-  orthod__cl_call_t call;
-  grpc_metadata_array init_md, trail_md;
-  grpc_byte_buffer *recv_bb;   /* target of the outstanding RECV_MESSAGE */
-  grpc_status_code status;     /* filled by RECV_STATUS_ON_CLIENT */
-  grpc_slice details;
-  bool recv_pending;           /* a RECV_MESSAGE batch is outstanding */
-  bool status_pending;         /* the RECV_STATUS_ON_CLIENT batch is outstanding */
+  orthod__cl_stream_t st;      /* the call and its receiving side (stream.c) */
   bool half_closed;            /* orthod_step_finish sent the client's end */
   bool over;                   /* ended (error, finish): every call returns `result` */
   int result;
@@ -42,47 +34,17 @@ const char *orthod_step_last_error(const orthod_step_stream_t *s) {
   return s == NULL ? "INVALID_ARGUMENT: no stream" : s->err;
 }
 
-static bool arm_recv(orthod_step_stream_t *s, bool with_initial_md) {
-  grpc_op ops[2];
-  memset(ops, 0, sizeof ops);
-  size_t k = 0;
-  if (with_initial_md) {
-    ops[k].op = GRPC_OP_RECV_INITIAL_METADATA;
-    ops[k++].data.recv_initial_metadata.recv_initial_metadata = &s->init_md;
-  }
-  ops[k].op = GRPC_OP_RECV_MESSAGE;
-  ops[k++].data.recv_message.recv_message = &s->recv_bb;
-  s->recv_bb = NULL;
-  s->recv_pending = grpc_call_start_batch(s->call.call, ops, k, TAG_RECV, NULL) == GRPC_CALL_OK;
-  return s->recv_pending;
-}
-
-static grpc_event pluck(orthod_step_stream_t *s, void *tag, gpr_timespec deadline) {
-  return grpc_completion_queue_pluck(s->call.cq, tag, deadline, NULL);
-}
-
 /* End the stream. local_code != 0: a failure found here (its message already in s->err): cancel
  * the call and keep that status. Otherwise the daemon (or the transport) ended it: read its
  * status. Messages still in flight are discarded. Returns the stream's result. */
 static int end_stream(orthod_step_stream_t *s, int local_code) {
   if (s->over) return s->result;
-  if (local_code != 0) grpc_call_cancel(s->call.call, NULL);
-  while (s->recv_pending) {
-    pluck(s, TAG_RECV, gpr_inf_future(GPR_CLOCK_REALTIME));
-    s->recv_pending = false;
-    if (s->recv_bb == NULL) break;
-    grpc_byte_buffer_destroy(s->recv_bb);
-    s->recv_bb = NULL;
-    arm_recv(s, false);
-  }
-  if (s->status_pending) {
-    pluck(s, TAG_STATUS, gpr_inf_future(GPR_CLOCK_REALTIME));
-    s->status_pending = false;
-  }
+  if (local_code != 0) grpc_call_cancel(s->st.call.call, NULL);
+  orthod__cl_stream_drain(&s->st);
   if (local_code != 0) {
     s->result = local_code;
   } else {
-    s->result = orthod__cl_status(s->err, s->status, s->details);
+    s->result = orthod__cl_status(s->err, s->st.status, s->st.details);
     if (s->result == 0 && s->n_pending > 0)
       s->result = orthod__cl_fail(s->err, GRPC_STATUS_DATA_LOSS,
                                "Step stream ended with %zu push(es) unanswered (first: '%s')",
@@ -143,18 +105,18 @@ static int on_response(orthod_step_stream_t *s, const Orthod__V1__StepResponse *
 
 /* Handle a completed RECV_MESSAGE and arm the next one. */
 static int on_recv_complete(orthod_step_stream_t *s) {
-  s->recv_pending = false;
-  if (s->recv_bb == NULL) return end_stream(s, 0); /* the daemon ended the stream */
+  s->st.recv_pending = false;
+  if (s->st.recv_bb == NULL) return end_stream(s, 0); /* the daemon ended the stream */
   Orthod__V1__StepResponse *r = (Orthod__V1__StepResponse *)orthod__cl_unpack(
-      &orthod__v1__step_response__descriptor, s->recv_bb);
-  grpc_byte_buffer_destroy(s->recv_bb);
-  s->recv_bb = NULL;
+      &orthod__v1__step_response__descriptor, s->st.recv_bb);
+  grpc_byte_buffer_destroy(s->st.recv_bb);
+  s->st.recv_bb = NULL;
   if (r == NULL)
     return end_stream(s, orthod__cl_fail(s->err, GRPC_STATUS_DATA_LOSS, "Step: malformed response"));
   int rc = on_response(s, r);
   protobuf_c_message_free_unpacked(&r->base, NULL);
   if (rc != 0) return end_stream(s, rc);
-  if (!arm_recv(s, false)) return end_stream(s, 0);
+  if (!orthod__cl_stream_arm_recv(&s->st, false)) return end_stream(s, 0);
   return 0;
 }
 
@@ -167,26 +129,18 @@ int orthod_step_open(orthod_client_t *c, orthod_step_stream_t **out) {
   orthod_step_stream_t *s = calloc(1, sizeof *s);
   if (s == NULL) return orthod__cl_fail(c->err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   s->client = c;
-  grpc_metadata_array_init(&s->init_md);
-  grpc_metadata_array_init(&s->trail_md);
-  s->details = grpc_empty_slice();
+  orthod__cl_stream_init(&s->st);
   /* No deadline on the call itself: it lives as long as the training run. Waits are bounded
    * by deadline_ms instead. */
-  int rc = orthod__cl_call_start(c, "/orthod.v1.Optimizer/Step", 0, &s->call, c->err);
+  int rc = orthod__cl_stream_start(c, "/orthod.v1.Optimizer/Step", 0, &s->st, c->err);
   if (rc != 0) goto fail;
   grpc_op op;
   memset(&op, 0, sizeof op);
-  op.op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-  op.data.recv_status_on_client.trailing_metadata = &s->trail_md;
-  op.data.recv_status_on_client.status = &s->status;
-  op.data.recv_status_on_client.status_details = &s->details;
-  s->status_pending = grpc_call_start_batch(s->call.call, &op, 1, TAG_STATUS, NULL) == GRPC_CALL_OK;
-  memset(&op, 0, sizeof op);
   op.op = GRPC_OP_SEND_INITIAL_METADATA;
-  op.data.send_initial_metadata.count = s->call.n_md;
-  op.data.send_initial_metadata.metadata = s->call.md;
-  if (!s->status_pending || !orthod__cl_call_batch(&s->call, &op, 1, TAG_SEND) ||
-      !arm_recv(s, true)) {
+  op.data.send_initial_metadata.count = s->st.call.n_md;
+  op.data.send_initial_metadata.metadata = s->st.call.md;
+  if (!orthod__cl_call_batch(&s->st.call, &op, 1, TAG_SEND) ||
+      !orthod__cl_stream_arm_recv(&s->st, true)) {
     rc = end_stream(s, 0);
     if (rc == 0) rc = orthod__cl_fail(s->err, GRPC_STATUS_INTERNAL, "Step: the call did not start");
     memcpy(c->err, s->err, sizeof c->err);
@@ -233,12 +187,12 @@ static int send_request(orthod_step_stream_t *s, const Orthod__V1__StepRequest *
   memset(&op, 0, sizeof op);
   op.op = GRPC_OP_SEND_MESSAGE;
   op.data.send_message.send_message = bb;
-  bool ok = orthod__cl_call_batch(&s->call, &op, 1, TAG_SEND);
+  bool ok = orthod__cl_call_batch(&s->st.call, &op, 1, TAG_SEND);
   grpc_byte_buffer_destroy(bb);
   if (!ok) return end_stream(s, 0); /* the daemon ended the call: its status says why */
   /* Take in weights that already arrived, without waiting. */
-  while (s->recv_pending && !s->over) {
-    grpc_event ev = pluck(s, TAG_RECV, gpr_time_0(GPR_CLOCK_REALTIME));
+  while (s->st.recv_pending && !s->over) {
+    grpc_event ev = orthod__cl_stream_pluck(&s->st, TAG_RECV, gpr_time_0(GPR_CLOCK_REALTIME));
     if (ev.type != GRPC_OP_COMPLETE) break;
     int rc = on_recv_complete(s);
     if (rc != 0 || s->over) return rc ? rc : end_stream(s, 0);
@@ -324,8 +278,8 @@ int orthod_step_wait(orthod_step_stream_t *s) {
                                                 gpr_time_from_millis(ms, GPR_TIMESPAN))
                                  : gpr_inf_future(GPR_CLOCK_MONOTONIC);
   while (s->n_pending > 0) {
-    if (!s->recv_pending) return end_stream(s, 0);
-    grpc_event ev = pluck(s, TAG_RECV, deadline);
+    if (!s->st.recv_pending) return end_stream(s, 0);
+    grpc_event ev = orthod__cl_stream_pluck(&s->st, TAG_RECV, deadline);
     if (ev.type == GRPC_QUEUE_TIMEOUT)
       return end_stream(s, orthod__cl_fail(s->err, GRPC_STATUS_DEADLINE_EXCEEDED,
                                         "no new weights for '%s' (step %llu) within %lld ms",
@@ -357,10 +311,10 @@ int orthod_step_finish(orthod_step_stream_t *s) {
   memset(&op, 0, sizeof op);
   op.op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
   s->half_closed = true;
-  if (!orthod__cl_call_batch(&s->call, &op, 1, TAG_SEND)) return end_stream(s, 0);
+  if (!orthod__cl_call_batch(&s->st.call, &op, 1, TAG_SEND)) return end_stream(s, 0);
   /* Nothing is pending, so any further message is unexpected (on_response says so). */
-  while (s->recv_pending && !s->over) {
-    pluck(s, TAG_RECV, gpr_inf_future(GPR_CLOCK_REALTIME));
+  while (s->st.recv_pending && !s->over) {
+    orthod__cl_stream_pluck(&s->st, TAG_RECV, gpr_inf_future(GPR_CLOCK_REALTIME));
     rc = on_recv_complete(s);
     if (rc != 0) return rc;
   }
@@ -369,20 +323,10 @@ int orthod_step_finish(orthod_step_stream_t *s) {
 
 void orthod_step_destroy(orthod_step_stream_t *s) {
   if (s == NULL) return;
-  if (s->call.call != NULL) {
-    if (!s->over) grpc_call_cancel(s->call.call, NULL);
-    if (s->recv_pending) {
-      pluck(s, TAG_RECV, gpr_inf_future(GPR_CLOCK_REALTIME));
-      if (s->recv_bb != NULL) grpc_byte_buffer_destroy(s->recv_bb);
-    }
-    if (s->status_pending) pluck(s, TAG_STATUS, gpr_inf_future(GPR_CLOCK_REALTIME));
-  }
-  orthod__cl_call_end(&s->call);
+  if (s->st.call.call != NULL && !s->over) grpc_call_cancel(s->st.call.call, NULL);
+  orthod__cl_stream_release(&s->st);
   for (size_t i = 0; i < s->n_pending; i++) orthod__cl_cover_free(&s->pending[i].cover);
   free(s->pending);
   free(s->scratch);
-  grpc_slice_unref(s->details);
-  grpc_metadata_array_destroy(&s->init_md);
-  grpc_metadata_array_destroy(&s->trail_md);
   free(s);
 }
