@@ -17,7 +17,9 @@ grpc_status_code orthod_status_from_err(orthod_err_t err) {
   case ORTHOD_E_NOMEM: return GRPC_STATUS_RESOURCE_EXHAUSTED;
   case ORTHOD_E_UNSUPPORTED: return GRPC_STATUS_UNIMPLEMENTED;
   case ORTHOD_E_NUMERIC:
-  case ORTHOD_E_BACKEND: return GRPC_STATUS_INTERNAL;
+  case ORTHOD_E_BACKEND:
+  case ORTHOD_E_IO: return GRPC_STATUS_INTERNAL;
+  case ORTHOD_E_CORRUPT: return GRPC_STATUS_DATA_LOSS;
   case ORTHOD_ERR_COUNT: break;
   }
   /* A code outside the list is a broken invariant on our side, not the client's fault. */

@@ -183,6 +183,8 @@ orthod_param_t *orthod_store_at(orthod_store_t *store, size_t i) {
   return i < store->count ? store->params[i] : NULL;
 }
 
+orthod_backend_t *orthod_store_backend(orthod_store_t *store) { return store->be; }
+
 size_t orthod_store_memory_used(const orthod_store_t *store) { return store->memory_used; }
 size_t orthod_store_memory_limit(const orthod_store_t *store) { return store->memory_limit; }
 

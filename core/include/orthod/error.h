@@ -26,7 +26,9 @@ extern "C" {
   X(E_EXISTS, "already exists with a different specification")                     \
   X(E_NUMERIC, "numerical routine failed")                                         \
   X(E_BACKEND, "backend failure")                                                  \
-  X(E_UNSUPPORTED, "not supported by this backend or build")
+  X(E_UNSUPPORTED, "not supported by this backend or build")                       \
+  X(E_IO, "input/output error")                                                    \
+  X(E_CORRUPT, "corrupt or unrecognised data")
 
 typedef enum {
 #define ORTHOD__ERR_ENUM(name, msg) ORTHOD_##name,

@@ -47,6 +47,9 @@ ORTHOD_API orthod_err_t orthod_store_drop(orthod_store_t *store, const char *nam
 ORTHOD_API size_t orthod_store_count(const orthod_store_t *store);
 ORTHOD_API orthod_param_t *orthod_store_at(orthod_store_t *store, size_t i);
 
+/* The backend the store's buffers live on (borrowed). */
+ORTHOD_API orthod_backend_t *orthod_store_backend(orthod_store_t *store);
+
 /* Bytes accounted to parameters and the limit. */
 ORTHOD_API size_t orthod_store_memory_used(const orthod_store_t *store);
 ORTHOD_API size_t orthod_store_memory_limit(const orthod_store_t *store);
