@@ -108,6 +108,20 @@ static const config_key_t keys[] = {
     /* files and logs */
     {"state-dir", K_PATH, FIELD(state_dir), "./orthod-data", 0, 0, "DIR",
      "Directory for the daemon's state files.", NULL, 0},
+    {"restore", K_BOOL, FIELD(restore), "true", 0, 1, NULL,
+     "At start, load the newest checkpoint in state-dir (if there is one). A checkpoint that "
+     "fails verification stops the start.",
+     NULL, 0},
+    {"checkpoint-interval-s", K_U32, FIELD(checkpoint_interval_s), "300", 0, 7 * 24 * 3600,
+     "S",
+     "Write a checkpoint this often when anything changed since the last one; 0: only on "
+     "request (Checkpoint RPC) and at shutdown.",
+     NULL, 0},
+    {"checkpoint-keep", K_U32, FIELD(checkpoint_keep), "3", 1, 1000, "N",
+     "Newest checkpoints kept in state-dir; older ones are deleted after each write.", NULL, 0},
+    {"checkpoint-on-shutdown", K_BOOL, FIELD(checkpoint_on_shutdown), "true", 0, 1, NULL,
+     "Write a final checkpoint on SIGTERM/SIGINT, after the last step, when anything changed.",
+     NULL, 0},
     {"config", K_PATH, FIELD(config_file), "", 0, 0, "FILE",
      "Read settings from FILE (key = value lines). Flags and environment override it.", NULL,
      KF_NOT_IN_FILE | KF_MAY_BE_EMPTY},

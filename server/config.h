@@ -62,6 +62,10 @@ typedef struct orthod_server_config {
   /* files and logs */
   char state_dir[ORTHOD_CONFIG_PATH_MAX]; /* --state-dir, default ./orthod-data */
   char config_file[ORTHOD_CONFIG_PATH_MAX]; /* --config / ORTHOD_CONFIG, default none */
+  bool restore;                  /* --restore: load the newest checkpoint at start, default true */
+  uint32_t checkpoint_interval_s; /* --checkpoint-interval-s: periodic checkpoints, 0 = none */
+  uint32_t checkpoint_keep;      /* --checkpoint-keep: newest checkpoints kept, default 3 */
+  bool checkpoint_on_shutdown;   /* --checkpoint-on-shutdown: final checkpoint, default true */
   orthod_log_level_t log_level;  /* --log-level error|warn|info|debug, default info */
   orthod_log_format_t log_format; /* --log-format text|json, default text */
   /* bookkeeping: orthod_config_source_t of each key, in table order (for the effective-config

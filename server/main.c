@@ -2,7 +2,8 @@
  * libuv loop that runs every RPC's control logic; SIGTERM/SIGINT drain and exit 0.
  *
  * Exit codes: 0 normal (including --help/--version and a drained shutdown), 1 start failure
- * (state directory, backend, bind) or a shutdown that could not complete, 2 configuration error. */
+ * (state directory, checkpoint, backend, bind), a shutdown that could not complete or whose
+ * final checkpoint failed, 2 configuration error. */
 #include <errno.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -41,6 +42,7 @@ typedef struct app {
   bool cancelled;          /* cancel_all was issued */
   bool hard_cancelled;     /* ... and issued again: every call cancelled outright */
   bool drained;            /* every call has ended; only the device is left to stop */
+  bool final_checkpoint_failed;
   int exit_code;
 } app_t;
 
@@ -107,6 +109,8 @@ static void on_drained(void *arg) {
   app->drained = true;
   uv_timer_stop(&app->drain_timer);
   ORTHOD_LOG(ORTHOD_LOG_INFO, "all calls ended; stopping the device");
+  /* Queued behind the last steps, so it holds every step that was answered. */
+  orthod_service_final_checkpoint(app->svc, &app->final_checkpoint_failed);
   /* Device jobs may still be finishing; their done callbacks need the service, which goes after
    * the device has stopped. */
   orthod_device_stop(app->dev, on_device_stopped, app);
@@ -229,6 +233,10 @@ int main(int argc, char **argv) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "cannot create the optimizer service");
     return fail_after_device(&app);
   }
+  if (orthod_service_restore(app.svc, err, sizeof err) != 0) {
+    ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
+    return fail_after_device(&app);
+  }
   if (orthod_health_create(&app.health) != 0) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "cannot create the health service");
     return fail_after_device(&app);
@@ -287,6 +295,10 @@ int main(int argc, char **argv) {
   if (app.exit_code != 0) return app.exit_code; /* stuck shutdown: no cleanup is safe */
   if (uv_loop_close(app.loop) != 0)
     ORTHOD_LOG(ORTHOD_LOG_DEBUG, "loop closed with handles still open");
+  if (app.final_checkpoint_failed) {
+    ORTHOD_LOG(ORTHOD_LOG_ERROR, "stopped, but the final checkpoint could not be written");
+    return 1;
+  }
   ORTHOD_LOG(ORTHOD_LOG_INFO, "stopped");
   return 0;
 }

@@ -51,6 +51,15 @@
  * - SetConfig: options apply over the current configuration; a key that defines the state
  *   layout (algo, split_rows, num_heads, role, moment2_method, amsgrad, hook) is accepted only
  *   with the value it already has.
+ * - Checkpoint (RPC, --checkpoint-interval-s timer, shutdown): a device job queued behind every
+ *   job submitted so far, so it holds every change acknowledged before it was asked for; the
+ *   daemon's part of each spec (workers, sync mode, staleness, timeout) is stored with the
+ *   parameter as text. The timer writes only when a mutating job was submitted since the last
+ *   checkpoint and none is in flight. Sequence numbers continue after the newest file at start
+ *   and are never reused (a failed write consumes its number). Steps wait while a checkpoint
+ *   is written (the device thread writes it).
+ * - Restore (start, before serving): the newest checkpoint is loaded whole or the start fails;
+ *   parameters come back live with their effective spec and step counter.
  * - Error statuses are logged at info with the peer; cancelled calls at debug. */
 #include "service.h"
 
@@ -63,6 +72,7 @@
 #include <strings.h>
 
 #include "chunks.h"
+#include "orthod/checkpoint.h"
 #include "orthod/log.h"
 #include "orthod/v1/orthod.pb-c.h"
 #include "status.h"
@@ -151,13 +161,17 @@ typedef struct {
   orthod_chunks_t *chunks;
 } upl_t;
 
-enum { M_REGISTER, M_UPLOAD, M_STEP, M_PULL, M_LIST, M_DESCRIBE, M_DROP, M_SETCONFIG, M_COUNT };
+enum {
+  M_REGISTER, M_UPLOAD, M_STEP, M_PULL, M_LIST, M_DESCRIBE, M_DROP, M_SETCONFIG, M_CHECKPOINT,
+  M_COUNT
+};
 
-static const char *const method_names[M_COUNT] = {"Register", "Upload",   "Step", "Pull",
-                                                  "List",     "Describe", "Drop", "SetConfig"};
+static const char *const method_names[M_COUNT] = {"Register", "Upload",   "Step",
+                                                  "Pull",     "List",     "Describe",
+                                                  "Drop",     "SetConfig", "Checkpoint"};
 static const char *const request_names[M_COUNT] = {
-    "RegisterRequest", "UploadRequest",   "StepRequest", "PullRequest",
-    "ListRequest",     "DescribeRequest", "DropRequest", "SetConfigRequest"};
+    "RegisterRequest", "UploadRequest",   "StepRequest", "PullRequest",      "ListRequest",
+    "DescribeRequest", "DropRequest",     "SetConfigRequest", "CheckpointRequest"};
 
 struct ctx {
   orthod_service_t *svc;
@@ -206,6 +220,15 @@ struct orthod_service {
   uint64_t timer_due; /* 0: not armed */
   uint8_t *scratch;   /* one chunk converted for sending */
   size_t scratch_len;
+  /* checkpoints */
+  char state_dir[ORTHOD_CHECKPOINT_PATH_MAX]; /* --state-dir made absolute (file names in logs
+                                                 and replies do not depend on the cwd) */
+  uint64_t changes;        /* mutating device jobs submitted so far */
+  uint64_t changes_saved;  /* `changes` as of the newest checkpoint written */
+  uint64_t next_sequence;  /* number of the next checkpoint file */
+  int ckpt_inflight;       /* checkpoint jobs submitted and not done */
+  uv_timer_t *ckpt_timer;  /* --checkpoint-interval-s */
+  bool *final_failed;      /* set when the shutdown checkpoint fails */
 };
 
 /* ---- small helpers ---------------------------------------------------------------------- */
@@ -638,8 +661,14 @@ static void job_error(job_base_t *j, orthod_err_t err) {
   snprintf(j->detail, sizeof j->detail, "%s", orthod_error_detail());
 }
 
+static void read_run(orthod_job_t *job, orthod_store_t *store);
+static void ckpt_run(orthod_job_t *job, orthod_store_t *store);
+
 static void submit(orthod_service_t *svc, job_base_t *j, ctx_t *ctx, param_t *p,
                    void (*run)(orthod_job_t *, orthod_store_t *), void (*done)(orthod_job_t *)) {
+  /* Every other job may change what a checkpoint would hold (a failed one at worst costs a
+   * checkpoint that was not needed). */
+  if (run != read_run && run != ckpt_run) svc->changes++;
   j->job.run = run;
   j->job.done = done;
   j->ctx = ctx;
@@ -1951,6 +1980,318 @@ out:
   orthod__v1__set_config_request__free_unpacked(req, NULL);
 }
 
+/* ---- Checkpoint ------------------------------------------------------------------------- */
+
+/* The daemon's part of a parameter's spec, stored with it in a checkpoint (the store keeps the
+ * shape, the configuration and the step counter itself). */
+static char *meta_text(const param_t *p) {
+  char buf[256];
+  snprintf(buf, sizeof buf,
+           "workers=%" PRIu32 "\nsync_mode=%s\nmax_staleness=%" PRIu64 "\nsync_timeout_ms=%" PRIu32
+           "\n",
+           p->workers, mode_name(p->mode), p->max_staleness, p->sync_timeout_ms);
+  return strdup(buf);
+}
+
+/* Inverse of meta_text, over defaults (1 worker, ASYNC) for what is missing. */
+static void meta_parse(param_t *p, const char *text) {
+  p->workers = 1;
+  p->mode = ORTHOD__V1__SYNC_MODE__SYNC_MODE_ASYNC;
+  p->max_staleness = 0;
+  p->sync_timeout_ms = 0;
+  char mode[16] = "";
+  unsigned long long v;
+  for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+    if (sscanf(line, "workers=%llu", &v) == 1 && v >= 1 && v <= MAX_WORKERS) p->workers = (uint32_t)v;
+    else if (sscanf(line, "sync_mode=%15[A-Z]", mode) == 1 && strcmp(mode, "SYNC") == 0)
+      p->mode = ORTHOD__V1__SYNC_MODE__SYNC_MODE_SYNC;
+    else if (sscanf(line, "max_staleness=%llu", &v) == 1) p->max_staleness = v;
+    else if (sscanf(line, "sync_timeout_ms=%llu", &v) == 1 && v <= UINT32_MAX)
+      p->sync_timeout_ms = (uint32_t)v;
+  }
+  if (p->mode == ORTHOD__V1__SYNC_MODE__SYNC_MODE_SYNC) {
+    p->max_staleness = 0;
+    if (p->sync_timeout_ms == 0) p->sync_timeout_ms = p->svc->cfg->sync_timeout_ms;
+  } else {
+    p->sync_timeout_ms = 0;
+  }
+}
+
+typedef struct {
+  char *name, *text;
+} meta_entry_t;
+
+typedef struct {
+  job_base_t b;          /* ctx: the Checkpoint call, or NULL (timer, shutdown) */
+  orthod_service_t *svc;
+  const char *dir;       /* svc->state_dir: fixed after start, read on the device thread */
+  int keep;
+  const char *why;       /* for the log: "requested", "periodic", "shutdown" */
+  uint64_t sequence;
+  uint64_t changes;      /* svc->changes when submitted */
+  meta_entry_t *meta;    /* every registered parameter, name order (as the registry) */
+  size_t n_meta;
+  orthod_checkpoint_info_t info;
+  double seconds;
+} ckpt_job_t;
+
+static const char *ckpt_meta(void *arg, const char *name) {
+  ckpt_job_t *j = arg;
+  size_t lo = 0, hi = j->n_meta;
+  while (lo < hi) {
+    size_t mid = lo + (hi - lo) / 2;
+    int c = strcmp(j->meta[mid].name, name);
+    if (c == 0) return j->meta[mid].text;
+    if (c < 0) lo = mid + 1;
+    else hi = mid;
+  }
+  return NULL;
+}
+
+static void ckpt_run(orthod_job_t *job, orthod_store_t *store) {
+  ckpt_job_t *j = (ckpt_job_t *)job;
+  uint64_t t0 = uv_hrtime();
+  orthod_error_clear();
+  orthod_err_t err =
+      orthod_checkpoint_save(store, j->dir, j->sequence, j->keep, ckpt_meta, j, &j->info);
+  if (err != ORTHOD_OK) job_error(&j->b, err);
+  j->seconds = (double)(uv_hrtime() - t0) * 1e-9;
+}
+
+static void ckpt_free(ckpt_job_t *j) {
+  for (size_t i = 0; i < j->n_meta; i++) {
+    free(j->meta[i].name);
+    free(j->meta[i].text);
+  }
+  free(j->meta);
+  job_base_release(&j->b);
+  free(j);
+}
+
+static void ckpt_done(orthod_job_t *job) {
+  ckpt_job_t *j = (ckpt_job_t *)job;
+  orthod_service_t *svc = j->svc;
+  svc->ckpt_inflight--;
+  if (j->b.err == ORTHOD_OK) {
+    if (j->changes > svc->changes_saved) svc->changes_saved = j->changes;
+    ORTHOD_LOG(ORTHOD_LOG_INFO,
+               "checkpoint %" PRIu64 " (%s): %" PRIu32 " parameters, %.1f MiB in %.2f s -> %s",
+               j->info.sequence, j->why, j->info.parameters,
+               (double)j->info.bytes / (1024.0 * 1024.0), j->seconds, j->info.path);
+    if (j->b.ctx != NULL && ctx_alive(j->b.ctx)) {
+      Orthod__V1__CheckpointResponse r = ORTHOD__V1__CHECKPOINT_RESPONSE__INIT;
+      r.path = j->info.path;
+      r.sequence = j->info.sequence;
+      r.parameters = j->info.parameters;
+      r.bytes = j->info.bytes;
+      ctx_reply(j->b.ctx, &r.base);
+    }
+  } else {
+    char msg[MSG_MAX];
+    snprintf(msg, sizeof msg, "checkpoint %" PRIu64 " failed: %.900s", j->sequence,
+             j->b.detail[0] ? j->b.detail : orthod_strerror(j->b.err));
+    ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s (%s); the previous checkpoints are unchanged", msg, j->why);
+    if (strcmp(j->why, "shutdown") == 0 && svc->final_failed) *svc->final_failed = true;
+    if (j->b.ctx != NULL) ctx_fail_err(j->b.ctx, j->b.err, msg);
+  }
+  ckpt_free(j);
+}
+
+/* Queue a checkpoint behind every job submitted so far, so it holds every change the daemon
+ * acknowledged before this moment. Returns -1 when out of memory. */
+static int ckpt_submit(orthod_service_t *svc, ctx_t *ctx, const char *why) {
+  ckpt_job_t *j = calloc(1, sizeof *j);
+  if (j == NULL) return -1;
+  j->meta = svc->n_params ? calloc(svc->n_params, sizeof *j->meta) : NULL;
+  if (svc->n_params && j->meta == NULL) {
+    free(j);
+    return -1;
+  }
+  for (size_t i = 0; i < svc->n_params; i++) {
+    j->meta[i].name = strdup(svc->params[i]->name);
+    j->meta[i].text = meta_text(svc->params[i]);
+    j->n_meta++;
+    if (j->meta[i].name == NULL || j->meta[i].text == NULL) {
+      ckpt_free(j);
+      return -1;
+    }
+  }
+  j->svc = svc;
+  j->dir = svc->state_dir;
+  j->keep = (int)svc->cfg->checkpoint_keep;
+  j->why = why;
+  j->sequence = svc->next_sequence++;
+  j->changes = svc->changes;
+  svc->ckpt_inflight++;
+  submit(svc, &j->b, ctx, NULL, ckpt_run, ckpt_done);
+  return 0;
+}
+
+static void handle_checkpoint(ctx_t *ctx, const uint8_t *data, size_t len) {
+  Orthod__V1__CheckpointRequest *req = orthod__v1__checkpoint_request__unpack(NULL, len, data);
+  if (req == NULL) {
+    ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "malformed CheckpointRequest message");
+    return;
+  }
+  orthod__v1__checkpoint_request__free_unpacked(req, NULL);
+  if (ckpt_submit(ctx->svc, ctx, "requested") != 0) {
+    ctx_oom(ctx);
+    return;
+  }
+  ctx->busy = true;
+}
+
+/* Periodic: only when something changed and no checkpoint is already on its way. */
+static void ckpt_timer_cb(uv_timer_t *t) {
+  orthod_service_t *svc = t->data;
+  if (svc->draining || svc->ckpt_inflight > 0 || svc->changes == svc->changes_saved) return;
+  if (ckpt_submit(svc, NULL, "periodic") != 0)
+    ORTHOD_LOG(ORTHOD_LOG_ERROR, "periodic checkpoint: out of memory; trying again next time");
+}
+
+void orthod_service_final_checkpoint(orthod_service_t *svc, bool *failed) {
+  svc->final_failed = failed;
+  if (!svc->cfg->checkpoint_on_shutdown) return;
+  if (svc->changes == svc->changes_saved) {
+    ORTHOD_LOG(ORTHOD_LOG_INFO, "nothing changed since the last checkpoint; none written at "
+               "shutdown");
+    return;
+  }
+  if (ckpt_submit(svc, NULL, "shutdown") != 0) {
+    ORTHOD_LOG(ORTHOD_LOG_ERROR, "shutdown checkpoint: out of memory");
+    if (failed) *failed = true;
+  }
+}
+
+/* Restore at start: the device thread loads the file into its store and lists what it restored;
+ * the loop then enters each parameter into the registry, live, with its step counter. */
+typedef struct {
+  char *name, *meta;
+  orthod_shape_t shape;
+  orthod_optim_config_t cfg;
+  int64_t step;
+  uint64_t bytes;
+} restored_t;
+
+typedef struct {
+  orthod_job_t job;
+  char path[ORTHOD_CHECKPOINT_PATH_MAX];
+  restored_t *items;
+  size_t n, cap;
+  orthod_err_t err;
+  char detail[MSG_MAX];
+  orthod_checkpoint_info_t info;
+  bool done;
+} restore_job_t;
+
+static orthod_err_t restore_one(void *arg, orthod_param_t *sp, const char *meta) {
+  restore_job_t *j = arg;
+  if (j->n == j->cap) {
+    size_t cap = j->cap ? j->cap * 2 : 64;
+    restored_t *grown = realloc(j->items, cap * sizeof *grown);
+    if (grown == NULL) return ORTHOD_E_NOMEM;
+    j->items = grown;
+    j->cap = cap;
+  }
+  restored_t *r = &j->items[j->n];
+  r->name = strdup(orthod_param_name(sp));
+  r->meta = strdup(meta);
+  if (r->name == NULL || r->meta == NULL) {
+    free(r->name);
+    free(r->meta);
+    return ORTHOD_E_NOMEM;
+  }
+  r->shape = *orthod_param_shape(sp);
+  r->cfg = *orthod_param_config(sp);
+  r->step = orthod_param_step(sp);
+  r->bytes = orthod_param_bytes(sp);
+  j->n++;
+  return ORTHOD_OK;
+}
+
+static void restore_run(orthod_job_t *job, orthod_store_t *store) {
+  restore_job_t *j = (restore_job_t *)job;
+  orthod_error_clear();
+  j->err = orthod_checkpoint_load(store, j->path, restore_one, j, &j->info);
+  if (j->err != ORTHOD_OK)
+    snprintf(j->detail, sizeof j->detail, "%s",
+             orthod_error_detail()[0] ? orthod_error_detail() : orthod_strerror(j->err));
+}
+
+static void restore_done(orthod_job_t *job) { ((restore_job_t *)job)->done = true; }
+
+int orthod_service_restore(orthod_service_t *svc, char *err, size_t errlen) {
+  char path[ORTHOD_CHECKPOINT_PATH_MAX];
+  uint64_t latest = 0;
+  orthod_error_clear();
+  orthod_err_t e = orthod_checkpoint_latest(svc->state_dir, path, sizeof path, &latest);
+  if (e == ORTHOD_E_NOTFOUND) {
+    svc->next_sequence = 1;
+    ORTHOD_LOG(ORTHOD_LOG_INFO, "no checkpoint in %s: starting empty", svc->state_dir);
+    return 0;
+  }
+  if (e != ORTHOD_OK) {
+    snprintf(err, errlen, "%s", orthod_error_detail());
+    return -1;
+  }
+  svc->next_sequence = latest + 1;
+  if (!svc->cfg->restore) {
+    ORTHOD_LOG(ORTHOD_LOG_WARN, "--restore=false: not loading %s; starting empty (new "
+               "checkpoints continue at %" PRIu64 ")", path, svc->next_sequence);
+    return 0;
+  }
+  restore_job_t *j = calloc(1, sizeof *j);
+  if (j == NULL) {
+    snprintf(err, errlen, "out of memory");
+    return -1;
+  }
+  snprintf(j->path, sizeof j->path, "%s", path);
+  j->job.run = restore_run;
+  j->job.done = restore_done;
+  uint64_t t0 = uv_hrtime();
+  orthod_device_submit(svc->dev, &j->job);
+  while (!j->done) uv_run(svc->loop, UV_RUN_ONCE); /* before serving: nothing else runs yet */
+  int rc = 0;
+  if (j->err != ORTHOD_OK) {
+    snprintf(err, errlen, "%s; move the file away (older checkpoints stay) or start with "
+             "--restore=false", j->detail);
+    rc = -1;
+  }
+  for (size_t i = 0; i < j->n; i++) {
+    restored_t *r = &j->items[i];
+    param_t *p = rc == 0 ? calloc(1, sizeof *p) : NULL;
+    if (p != NULL) {
+      p->svc = svc;
+      p->refs = 1;
+      p->live = true;
+      p->name = r->name;
+      r->name = NULL;
+      p->shape = r->shape;
+      p->numel = (uint64_t)orthod_shape_numel(&r->shape);
+      p->cfg = r->cfg;
+      p->step = (uint64_t)r->step;
+      p->bytes = r->bytes;
+      meta_parse(p, r->meta);
+      if (registry_insert(svc, p) == 0) svc->bytes_used += p->bytes;
+      else rc = -1;
+      param_release(p);
+    } else if (rc == 0) {
+      rc = -1;
+    }
+    if (rc != 0 && j->err == ORTHOD_OK) snprintf(err, errlen, "restoring %s: out of memory", path);
+    free(r->name);
+    free(r->meta);
+  }
+  if (rc == 0)
+    ORTHOD_LOG(ORTHOD_LOG_INFO, "restored checkpoint %" PRIu64 ": %zu parameters, %.1f MiB "
+               "in %.2f s from %s", j->info.sequence, j->n,
+               (double)j->info.bytes / (1024.0 * 1024.0),
+               (double)(uv_hrtime() - t0) * 1e-9, path);
+  free(j->items);
+  free(j);
+  return rc;
+}
+
 /* ---- method callbacks ------------------------------------------------------------------- */
 
 /* The rpc layer keeps its own copy of the method table: find ours by path. */
@@ -2013,6 +2354,7 @@ static void on_message(orthod_call_t *call, const uint8_t *data, size_t len) {
     case M_DESCRIBE: handle_describe(ctx, data, len); break;
     case M_DROP: handle_drop(ctx, data, len); break;
     case M_SETCONFIG: handle_setconfig(ctx, data, len); break;
+    case M_CHECKPOINT: handle_checkpoint(ctx, data, len); break;
     default: break;
   }
 }
@@ -2072,14 +2414,32 @@ int orthod_service_create(uv_loop_t *loop, orthod_device_t *dev, const orthod_se
     return -1;
   }
   svc->timer->data = svc;
+  svc->next_sequence = 1;
+  char *abs = realpath(cfg->state_dir, NULL);
+  snprintf(svc->state_dir, sizeof svc->state_dir, "%s", abs ? abs : cfg->state_dir);
+  free(abs);
+  svc->ckpt_timer = calloc(1, sizeof *svc->ckpt_timer);
+  if (svc->ckpt_timer == NULL || uv_timer_init(loop, svc->ckpt_timer) != 0) {
+    free(svc->ckpt_timer);
+    uv_close((uv_handle_t *)svc->timer, timer_closed);
+    free(svc);
+    return -1;
+  }
+  svc->ckpt_timer->data = svc;
+  if (cfg->checkpoint_interval_s > 0) {
+    uint64_t ms = (uint64_t)cfg->checkpoint_interval_s * 1000;
+    uv_timer_start(svc->ckpt_timer, ckpt_timer_cb, ms, ms);
+  }
   static const orthod_rpc_kind_t kinds[M_COUNT] = {
       ORTHOD_RPC_UNARY, ORTHOD_RPC_CLIENT_STREAM, ORTHOD_RPC_BIDI_STREAM, ORTHOD_RPC_SERVER_STREAM,
-      ORTHOD_RPC_UNARY, ORTHOD_RPC_UNARY,         ORTHOD_RPC_UNARY,       ORTHOD_RPC_UNARY};
+      ORTHOD_RPC_UNARY, ORTHOD_RPC_UNARY,         ORTHOD_RPC_UNARY,       ORTHOD_RPC_UNARY,
+      ORTHOD_RPC_UNARY};
   static const char *const paths[M_COUNT] = {
       "/orthod.v1.Optimizer/Register", "/orthod.v1.Optimizer/Upload",
       "/orthod.v1.Optimizer/Step",     "/orthod.v1.Optimizer/Pull",
       "/orthod.v1.Optimizer/List",     "/orthod.v1.Optimizer/Describe",
-      "/orthod.v1.Optimizer/Drop",     "/orthod.v1.Optimizer/SetConfig"};
+      "/orthod.v1.Optimizer/Drop",     "/orthod.v1.Optimizer/SetConfig",
+      "/orthod.v1.Optimizer/Checkpoint"};
   for (int i = 0; i < M_COUNT; i++)
     svc->methods[i] = (orthod_method_t){.path = paths[i],
                                         .kind = kinds[i],
@@ -2101,6 +2461,7 @@ size_t orthod_service_methods(orthod_service_t *svc, const orthod_method_t **out
 void orthod_service_drain(orthod_service_t *svc) {
   if (svc->draining) return;
   svc->draining = true;
+  uv_timer_stop(svc->ckpt_timer);
   for (size_t i = 0; i < svc->n_params; i++) {
     param_t *p = svc->params[i];
     if (p->pushes == NULL) continue;
@@ -2143,6 +2504,8 @@ void orthod_service_destroy(orthod_service_t *svc) {
   free(svc->params);
   uv_timer_stop(svc->timer);
   uv_close((uv_handle_t *)svc->timer, timer_closed);
+  uv_timer_stop(svc->ckpt_timer);
+  uv_close((uv_handle_t *)svc->ckpt_timer, timer_closed);
   free(svc->scratch);
   free(svc);
 }

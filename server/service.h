@@ -5,6 +5,7 @@
 #ifndef ORTHOD_SERVER_SERVICE_H
 #define ORTHOD_SERVER_SERVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <uv.h>
 
@@ -18,13 +19,23 @@ typedef struct orthod_service orthod_service_t;
 int orthod_service_create(uv_loop_t *loop, orthod_device_t *dev, const orthod_server_config_t *cfg,
                           orthod_service_t **out);
 
-/* The service's methods (Register, Upload, Step, Pull, List, Describe, Drop, SetConfig) with
- * method_data = svc; valid while svc lives. */
+/* Before serving: load the newest checkpoint of --state-dir into the store and the registry
+ * (unless --restore=false) and number new checkpoints after it. Runs the loop until the device
+ * has loaded it. Returns 0, or -1 with err filled (a checkpoint that fails verification). */
+int orthod_service_restore(orthod_service_t *svc, char *err, size_t errlen);
+
+/* The service's methods (Register, Upload, Step, Pull, List, Describe, Drop, SetConfig,
+ * Checkpoint) with method_data = svc; valid while svc lives. */
 size_t orthod_service_methods(orthod_service_t *svc, const orthod_method_t **out);
 
 /* Shutdown has begun: new requests on open calls get UNAVAILABLE ("orthod is shutting down"),
  * pending synchronous steps fail with UNAVAILABLE, in-flight device jobs finish. */
 void orthod_service_drain(orthod_service_t *svc);
+
+/* Shutdown, once every call has ended and before the device stops: queue the final checkpoint
+ * (--checkpoint-on-shutdown, when anything changed since the last one). *failed (may be NULL;
+ * must outlive the device) is set if it cannot be written. */
+void orthod_service_final_checkpoint(orthod_service_t *svc, bool *failed);
 
 /* Free (after the rpc server has drained and the device has stopped). */
 void orthod_service_destroy(orthod_service_t *svc);

@@ -1,6 +1,6 @@
 /* client.c — liborthod-client: channel, errors, the unary RPCs (Register, Describe, Drop,
- * SetConfig, List, Health/Check), Upload and Pull. Each call runs on its own pluck completion
- * queue, so a call only ever sees its own events. */
+ * SetConfig, List, Checkpoint, Health/Check), Upload and Pull. Each call runs on its own pluck
+ * completion queue, so a call only ever sees its own events. */
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -583,6 +583,32 @@ int orthod_list(orthod_client_t *c, const char *prefix, orthod_param_list_t *lis
   }
   protobuf_c_message_free_unpacked(m, NULL);
   if (rc != 0) orthod_param_list_clear(list);
+  return rc;
+}
+
+int orthod_checkpoint(orthod_client_t *c, orthod_client_checkpoint_info_t *info) {
+  if (info != NULL) memset(info, 0, sizeof *info);
+  if (c == NULL) return GRPC_STATUS_INVALID_ARGUMENT;
+  Orthod__V1__CheckpointRequest req = ORTHOD__V1__CHECKPOINT_REQUEST__INIT;
+  ProtobufCMessage *m;
+  int rc = unary(c, METHOD("Checkpoint"), &req.base, &orthod__v1__checkpoint_response__descriptor,
+                 &m);
+  if (rc != 0) return rc;
+  Orthod__V1__CheckpointResponse *resp = (Orthod__V1__CheckpointResponse *)m;
+  const char *path = str_or_empty(resp->path);
+  size_t len = strlen(path);
+  /* A path cut to fit would name another file: refuse it rather than truncate. */
+  if (len == 0 || len >= ORTHOD_CLIENT_PATH_MAX) {
+    rc = orthod__cl_fail(c->err, GRPC_STATUS_DATA_LOSS,
+                         "Checkpoint: a path of %zu bytes (expected 1..%d)", len,
+                         ORTHOD_CLIENT_PATH_MAX - 1);
+  } else if (info != NULL) {
+    memcpy(info->path, path, len + 1);
+    info->sequence = resp->sequence;
+    info->parameters = resp->parameters;
+    info->bytes = resp->bytes;
+  }
+  protobuf_c_message_free_unpacked(m, NULL);
   return rc;
 }
 

@@ -1,8 +1,9 @@
 /* orthoctl.c — command-line tool for an orthod daemon: health (check, or watch the status),
- * list, describe, pull to .npy, drop, set hyper-parameters, and a step benchmark; with --shards,
- * for a set of daemons that a sharded client spreads parameters over (orthod/shard.h): commands
- * on a NAME go to the daemon that owns it, the others run on every daemon, and `where` prints the
- * owners. Exit codes: 0 ok, 1 the daemon (or the connection) reported an error, 2 usage. */
+ * list, describe, pull to .npy, drop, set hyper-parameters, checkpoint, and a step benchmark;
+ * with --shards, for a set of daemons that a sharded client spreads parameters over
+ * (orthod/shard.h): commands on a NAME go to the daemon that owns it, the others run on every
+ * daemon, and `where` prints the owners. Exit codes: 0 ok, 1 the daemon (or the connection)
+ * reported an error, 2 usage. */
 #include <errno.h>
 #include <inttypes.h>
 #include <signal.h>
@@ -443,6 +444,18 @@ static int cmd_set(orthod_client_t *c, const globals_t *g, int argc, char **argv
   return 0;
 }
 
+/* ---- checkpoint ------------------------------------------------------------------------------ */
+
+static int cmd_checkpoint(orthod_client_t *c, const globals_t *g, int argc, char **argv) {
+  if (argc > 1) return usage_error("checkpoint", "unexpected argument '%s'", argv[1]);
+  orthod_client_checkpoint_info_t info;
+  if (orthod_checkpoint(c, &info) != 0) return rpc_error(c);
+  printf("%s: checkpoint %" PRIu64 " (%" PRIu32 " parameter%s, %.2f MiB) -> %s\n", g->addr,
+         info.sequence, info.parameters, info.parameters == 1 ? "" : "s", mib(info.bytes),
+         info.path);
+  return 0;
+}
+
 /* ---- bench ----------------------------------------------------------------------------------- */
 
 static int cmp_double(const void *a, const void *b) {
@@ -607,6 +620,14 @@ static const command_t commands[] = {
      "Changes hyper-parameters of a registered parameter by the engine's keys (docs/ENGINE.md),\n"
      "e.g. `orthoctl set layer0.w lr=0.01 weight_decay=0`. Keys that define the state layout\n"
      "(algo, split_rows, num_heads, ...) cannot change. Prints the effective values.\n", BY_NAME},
+    {"checkpoint", cmd_checkpoint, "", "write a checkpoint of every parameter to the state dir",
+     "Has the daemon write every parameter (weights, optimizer state, step counter, spec) to a\n"
+     "checkpoint file in its state directory and waits until the file is durable. Prints\n"
+     "ADDR: checkpoint SEQUENCE (N parameters, SIZE MiB) -> PATH, with PATH the file on the\n"
+     "daemon's machine and SEQUENCE one more than the previous checkpoint of that directory.\n"
+     "--timeout bounds the wait; when it expires the file may still be written. With --shards\n"
+     "every daemon writes its own checkpoint (one after the other, not at one instant).\n",
+     ON_EACH},
     {"bench", cmd_bench,
      "[--shape 1024x1024] [--steps 10] [--algo muon] [--dtype f32|bf16|f16] [--set KEY=VALUE]",
      "time steps of a temporary parameter",
@@ -628,13 +649,13 @@ static void print_usage(FILE *f) {
           "\n"
           "  --addr HOST:PORT  daemon address (default $ORTHOD_ADDR, else 127.0.0.1:50051)\n"
           "  --shards A,B,...  the daemons of a sharded client, in its order: describe, pull,\n"
-          "                    drop and set go to the owner of NAME; health, list and bench run\n"
-          "                    on each daemon in turn\n"
+          "                    drop and set go to the owner of NAME; health, list, checkpoint\n"
+          "                    and bench run on each daemon in turn\n"
           "  --timeout MS      deadline per call in milliseconds (default 60000; 0: none)\n"
           "  --token TOKEN     bearer token (default $ORTHOD_TOKEN)\n"
           "\ncommands:\n");
   for (size_t i = 0; i < N_COMMANDS; i++)
-    fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
   fprintf(f, "\n'orthoctl COMMAND --help' describes one command. Exit status: 0 ok, 1 error from\n"
              "the daemon or the connection, 2 usage.\n");
 }
@@ -741,8 +762,8 @@ int main(int argc, char **argv) {
   if (cmd == NULL) return usage_error(NULL, "unknown command '%s'", argv[i]);
   for (int k = i + 1; k < argc; k++) {
     if (strcmp(argv[k], "-h") == 0 || strcmp(argv[k], "--help") == 0) {
-      printf("usage: orthoctl [global options] %s %s\n\n%s\n%s", cmd->name, cmd->args,
-             cmd->summary, cmd->help);
+      printf("usage: orthoctl [global options] %s%s%s\n\n%s\n%s", cmd->name,
+             cmd->args[0] ? " " : "", cmd->args, cmd->summary, cmd->help);
       return 0;
     }
   }

@@ -1,7 +1,7 @@
 /* shard.c — the sharded client: a consistent-hash ring of points (FNV-1a 64 and the
  * MurmurHash3 finalizer) over the shard addresses, calls routed by parameter name, and
- * multi-shard calls (Step, Upload, Pull, List, Health) run with one thread per shard, each on
- * that shard's own orthod_client_t. */
+ * multi-shard calls (Step, Upload, Pull, List, Health, Checkpoint) run with one thread per
+ * shard, each on that shard's own orthod_client_t. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -599,12 +599,13 @@ int orthod_sharded_pull(orthod_sharded_client_t *sc, orthod_tensor_t *tensors, s
   return tensors_call(sc, tensors, tensors, n, &ctx, pull_job);
 }
 
-/* ---- List and Health ----------------------------------------------------------------------- */
+/* ---- List, Health and Checkpoint ------------------------------------------------------------ */
 
 typedef struct {
   const char *text;            /* list: prefix; health: service */
   orthod_param_list_t *lists;  /* list: one per job */
   int *serving;                /* health: one per shard (or NULL) */
+  orthod_client_checkpoint_info_t *checkpoints; /* checkpoint: one per shard (or NULL) */
 } all_ctx_t;
 
 static int list_job(job_t *j) {
@@ -684,6 +685,27 @@ int orthod_sharded_health(orthod_sharded_client_t *sc, const char *service, int 
   size_t *order = NULL, n_jobs = 0;
   job_t *jobs = NULL;
   int rc = make_jobs(sc, NULL, 0, health_job, &ctx, &order, &jobs, &n_jobs);
+  if (rc == 0) rc = run_jobs(sc, jobs, n_jobs);
+  free(order);
+  free(jobs);
+  return rc;
+}
+
+static int checkpoint_job(job_t *j) {
+  all_ctx_t *c = j->ctx;
+  orthod_client_t *cl = j->sc->clients[j->shard];
+  int rc = orthod_checkpoint(cl, c->checkpoints ? &c->checkpoints[j->shard] : NULL);
+  return rc != 0 ? job_error(j, orthod_client_last_error(cl), rc) : 0;
+}
+
+int orthod_sharded_checkpoint(orthod_sharded_client_t *sc,
+                              orthod_client_checkpoint_info_t *infos) {
+  if (sc == NULL) return GRPC_STATUS_INVALID_ARGUMENT;
+  if (infos != NULL) memset(infos, 0, sc->n * sizeof *infos);
+  all_ctx_t ctx = {.checkpoints = infos};
+  size_t *order = NULL, n_jobs = 0;
+  job_t *jobs = NULL;
+  int rc = make_jobs(sc, NULL, 0, checkpoint_job, &ctx, &order, &jobs, &n_jobs);
   if (rc == 0) rc = run_jobs(sc, jobs, n_jobs);
   free(order);
   free(jobs);

@@ -479,7 +479,7 @@ class StepStream {
  *  options: timeoutMs (deadline of unary calls, 60000), chunkBytes (data per chunk sent, 1 MiB),
  *  maxMessageBytes (channel send/receive limit, 64 MiB), retries (4) and backoffMs (100):
  *  exponential-backoff retries on UNAVAILABLE for idempotent calls (register, describe, list,
- *  pull, setConfig, health); credentials (grpc.credentials, default insecure);
+ *  pull, setConfig, checkpoint, health); credentials (grpc.credentials, default insecure);
  *  channelOptions (extra grpc-js channel options); protoDir (see loadProtos). */
 class Client {
   constructor(address = DEFAULT_ADDRESS, options = {}) {
@@ -660,6 +660,21 @@ class Client {
   async setConfig(name, options) {
     const req = { name, options: optionsToProto(options) };
     return infoFromProto(await this._retry(() => this._unary(this._stub, 'SetConfig', req)));
+  }
+
+  /** Have the daemon write a checkpoint of every parameter (weights, optimizer state, step
+   *  counter, spec) to its state directory; resolves once the file is durable with
+   *  {path (the file, on the daemon's machine), sequence (one more than the previous checkpoint
+   *  of that directory), parameters, bytes (the file's size)}. Retried on UNAVAILABLE: a
+   *  repeated call only writes one more checkpoint (a retry can skip a sequence number). */
+  async checkpoint() {
+    const res = await this._retry(() => this._unary(this._stub, 'Checkpoint', {}));
+    return {
+      path: res.path,
+      sequence: u64(res.sequence),
+      parameters: res.parameters,
+      bytes: u64(res.bytes),
+    };
   }
 
   /** grpc.health.v1 Check: "SERVING", "NOT_SERVING", ... */

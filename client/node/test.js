@@ -196,6 +196,25 @@ async function main() {
   fs.writeFileSync(file('conv.f16.u16'), orthod.encode(conv, 'f16'));
   writeF32('conv.f16back.f32', orthod.decode(orthod.encode(conv, 'f16'), 'f16'));
 
+  // Checkpoint: every registered parameter, the sequence one more per call. The driver's daemon
+  // runs on this machine, so the file can be checked here (right after its call: the daemon may
+  // delete older checkpoints when it writes a new one).
+  result.checkpoints = [];
+  for (let k = 0; k < 2; k++) {
+    const ck = await client.checkpoint();
+    check(typeof ck.path === 'string' && ck.path.length > 0, `Checkpoint path ${ck.path}`);
+    check(ck.parameters === params.length,
+          `Checkpoint of ${ck.parameters} parameters, expected ${params.length}`);
+    check(Number.isSafeInteger(ck.bytes) && ck.bytes > 0, `Checkpoint bytes ${ck.bytes}`);
+    check(fs.statSync(ck.path).size === ck.bytes,
+          `Checkpoint ${ck.path}: ${fs.statSync(ck.path).size} bytes on disk, reply ${ck.bytes}`);
+    if (k > 0) {
+      check(ck.sequence === result.checkpoints[0].sequence + 1,
+            `Checkpoint sequences ${result.checkpoints[0].sequence} then ${ck.sequence}`);
+    }
+    result.checkpoints.push(ck);
+  }
+
   // Drop: returns the counter; a second Drop is NOT_FOUND
   const last = params[params.length - 1];
   result.drop_step = await client.drop(last.name);

@@ -496,7 +496,7 @@ static orthod_err_t read_record(in_t *in, orthod_store_t *store, float *block,
     orthod_error_clear();
     err = orthod_store_register(store, name, &shape, &cfg, &p);
     if (err != ORTHOD_OK) {
-      snprintf(msg, sizeof msg, "parameter '%.256s': %.200s", name, orthod_error_detail());
+      snprintf(msg, sizeof msg, "%.400s", orthod_error_detail());
       err = orthod__fail(err, "checkpoint %s: %s", in->path, msg);
     }
   }

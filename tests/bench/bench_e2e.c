@@ -127,7 +127,9 @@ static int daemon_start(const char *path, int threads, daemon_proc_t *d) {
   char state_arg[96];
   snprintf(state_arg, sizeof state_arg, "--state-dir=%s", d->state_dir);
   char *argv[] = {(char *)path, "--listen=127.0.0.1:0", state_arg, threads_arg,
-                  "--log-level=warn", "--max-message-bytes=64M", NULL};
+                  "--log-level=warn", "--max-message-bytes=64M",
+                  /* no periodic checkpoint inside the timed steps; one is timed on its own */
+                  "--checkpoint-interval-s=0", NULL};
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, fds[1], STDOUT_FILENO);
@@ -443,6 +445,18 @@ int main(int argc, char **argv) {
   if (orthod_client_create(addr, &opts, &c) != 0 || e2e_register(c, &b) != 0) goto out;
   if (e2e_run(c, &b, ORTHOD_CLIENT_F32, &step, &e2e_fp32) != 0) goto out;
   if (e2e_run(c, &b, ORTHOD_CLIENT_BF16, &step, &e2e_bf16) != 0) goto out;
+  /* A checkpoint of the whole model (weights + momentum), as the daemon writes it between
+   * steps: steps wait this long (docs/OPERATIONS.md). */
+  orthod_client_checkpoint_info_t ck;
+  double t0 = now_ms();
+  if (orthod_checkpoint(c, &ck) != 0) {
+    fprintf(stderr, "bench_e2e: checkpoint: %s\n", orthod_client_last_error(c));
+    goto out;
+  }
+  double ck_ms = now_ms() - t0;
+  printf("checkpoint: %u parameters, %.1f MiB in %.0f ms (%.2f GB/s, fsync included)\n",
+         ck.parameters, (double)ck.bytes / (1024.0 * 1024.0), ck_ms,
+         (double)ck.bytes / (ck_ms * 1e6));
   orthod_client_destroy(c);
   c = NULL;
   if (orthod_path) {

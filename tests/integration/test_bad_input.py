@@ -297,7 +297,7 @@ def malformed_stream(fx):
 
 def unknown_method(fx):
     ch = fx.dm.channel()
-    for path in ("/orthod.v1.Optimizer/Checkpoint", "/orthod.v9.Other/Register"):
+    for path in ("/orthod.v1.Optimizer/Snapshot", "/orthod.v9.Other/Register"):
         call = ch.unary_unary(path, request_serializer=None, response_deserializer=None)
         h.expect_rpc_error(lambda: call(b"", timeout=10), SC.UNIMPLEMENTED, re.escape(path))
 

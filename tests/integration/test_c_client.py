@@ -11,12 +11,13 @@ ORTHOD_TEST_BACKEND=cuda runs them on `--backend cuda` and exits 77 when there i
               must be 10.
   large       tests/integration/c/c_large: a 4096x4096 parameter through fp32 and bf16 on the
               wire (exact checks in C against Pull; the fp32 weights against the reference here).
-  orthoctl    the CLI: health (of a service too), list, describe, pull -o .npy, set, drop, bench,
-              usage and error exit codes; `health --watch` of "", of orthod.v1.Optimizer and of
-              an unknown name run in the background meanwhile: their first lines (timestamped
-              SERVING / SERVICE_UNKNOWN), exit 0 on SIGINT, and when the daemon is stopped at the
-              end NOT_SERVING then `stream ended: UNAVAILABLE ...` with exit 0 (exit 1 and the
-              error on stderr for the unknown name).
+  orthoctl    the CLI: health (of a service too), list, describe, pull -o .npy, set, drop,
+              checkpoint (twice: sequence +1, the file in the state dir), bench, usage and error
+              exit codes; `health --watch` of "", of orthod.v1.Optimizer and of an unknown name
+              run in the background meanwhile: their first lines (timestamped SERVING /
+              SERVICE_UNKNOWN), exit 0 on SIGINT, and when the daemon is stopped at the end
+              NOT_SERVING then `stream ended: UNAVAILABLE ...` with exit 0 (exit 1 and the error
+              on stderr for the unknown name).
   health      tests/integration/c/c_health: Check and Watch through the library (statuses at
               once, timeouts, a call deadline, closing open watches, an unreachable daemon);
               then the daemon gets SIGTERM and the watches must see NOT_SERVING and the end
@@ -385,6 +386,25 @@ def part_orthoctl(args, tmp):
         out, _ = ctl("list")
         check("head.w" not in out and "2 parameters" in out, "list after drop: %r" % out)
 
+        # checkpoint: the two parameters left, the sequence one more per call; the file is in the
+        # daemon's state directory with the size printed (checked at once: a new checkpoint may
+        # delete older ones)
+        seqs = []
+        for _ in range(2):
+            out, _ = ctl("checkpoint")
+            m = re.match(r"^%s: checkpoint (\d+) \(2 parameters, (\d+\.\d\d) MiB\) -> (/[^\n]+)\n\Z"
+                         % re.escape(d.addr), out)
+            check(m, "checkpoint: %r" % out)
+            path = m.group(3)
+            inside = os.path.realpath(path).startswith(os.path.realpath(d.state) + os.sep)
+            check(inside and os.path.isfile(path), "checkpoint file %r (state dir %s)"
+                  % (path, d.state))
+            size = os.path.getsize(path)
+            check(abs(size / 2**20 - float(m.group(2))) <= 0.005 + 1e-9,
+                  "checkpoint size: %d bytes on disk, printed %s MiB" % (size, m.group(2)))
+            seqs.append(int(m.group(1)))
+        check(seqs[1] == seqs[0] + 1, "checkpoint sequences %r" % seqs)
+
         _, err = ctl("describe", "nope", expect=1)
         check(re.match(r"^orthoctl: NOT_FOUND: .*'nope'", err), "unknown parameter: %r" % err)
         _, err = ctl("pull", "nope", "-o", os.path.join(tmp, "nope.npy"), expect=1)
@@ -394,7 +414,7 @@ def part_orthoctl(args, tmp):
         for bad in (["bogus"], ["describe"], ["pull", "layer0.qkv"], ["set", "head.w"],
                     ["set", "head.w", "novalue"], ["list", "a", "b"], ["bench", "--shape", "0x3"],
                     ["pull", "x", "-o", "y.npy", "--dtype", "f64"], ["health", "a", "b"],
-                    ["health", "--watch", "--often"]):
+                    ["health", "--watch", "--often"], ["checkpoint", "now"]):
             # usage errors never reach the client library: memcheck only the first one
             _, err = ctl(*bad, expect=2, memcheck=bad == ["bogus"])
             check("orthoctl" in err and "--help" in err, "usage error text: %r" % err)
@@ -404,6 +424,8 @@ def part_orthoctl(args, tmp):
         check(rc == 2, "bad --timeout: exit %d" % rc)
         rc, out, _ = run([args.orthoctl, "pull", "--help"], timeout=10, memcheck=False)
         check(rc == 0 and "-o FILE.npy" in out, "pull --help: %r" % out)
+        rc, out, _ = run([args.orthoctl, "checkpoint", "--help"], timeout=10, memcheck=False)
+        check(rc == 0 and "ADDR: checkpoint SEQUENCE" in out, "checkpoint --help: %r" % out)
 
         out, _ = ctl("bench", "--shape", "64x48", "--steps", "3", "--dtype", "bf16")
         check(re.search(r"^step ms\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+\s+[\d.]+$", out, re.M),

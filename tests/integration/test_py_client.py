@@ -1,8 +1,9 @@
 """test_py_client.py — the Python client package (client/python/orthod) against real daemons.
 
 Cases (each prints PASS/FAIL with its numbers):
-  every_rpc          Register/Upload/Pull/List/Describe/Drop/SetConfig/health/Step through Client,
-                     the weights of 4 steps against the float64 reference (tests/reference).
+  every_rpc          Register/Upload/Pull/List/Describe/Drop/SetConfig/Checkpoint/health/Step
+                     through Client, the weights of 4 steps against the float64 reference
+                     (tests/reference); two checkpoints: sequence +1, their files on disk.
   chunking           client chunks of 256 bytes (a 48x40 tensor in 30 messages); a daemon with
                      --max-message-bytes 64K takes a 256 KiB tensor only when it is chunked.
   dtype_conversions  orthod.dtypes vs an independent rounding model and a literal table: NaN
@@ -17,7 +18,8 @@ Cases (each prints PASS/FAIL with its numbers):
   shard_vectors      ShardedClient.shard_of against tests/integration/shard_vectors.json; hash
                      known answers; every shard's share of 3000 names over 3 local addresses.
   sharded            ShardedClient over 3 daemons: every parameter on the daemon shard_of names
-                     (each daemon's List), merged list/pull, steps against the reference.
+                     (each daemon's List), merged list/pull, steps against the reference, a
+                     checkpoint of each daemon's own parameters.
   optimizer_numpy    RemoteOptimizer on NumPy arrays (torch=False): steps vs the reference, a
                      per-group lr change reaching the daemon, state_dict round trip, mismatches.
   data_parallel      two ranks (threads) of a SYNC parameter: rank 1 waits for rank 0's upload;
@@ -100,6 +102,20 @@ def bits32(a):
     return np.ascontiguousarray(a, dtype=np.float32).reshape(-1).view(np.uint32)
 
 
+def check_checkpoint(ck, parameters, state_dir):
+    """A Checkpoint result: the file exists in the daemon's state directory (the test daemons run
+    here) with the size the reply gives. Checked right after the call, since a new checkpoint may
+    delete older ones."""
+    assert sorted(ck) == ["bytes", "parameters", "path", "sequence"], ck
+    assert ck["parameters"] == parameters, "checkpoint of %d parameters, expected %d: %r" % (
+        ck["parameters"], parameters, ck)
+    assert ck["bytes"] > 0 and os.path.isabs(ck["path"]) and os.path.isfile(ck["path"]), ck
+    assert os.path.getsize(ck["path"]) == ck["bytes"], "%s has %d bytes, the reply says %d" % (
+        ck["path"], os.path.getsize(ck["path"]), ck["bytes"])
+    assert os.path.realpath(ck["path"]).startswith(os.path.realpath(state_dir) + os.sep), \
+        "checkpoint %s outside the state directory %s" % (ck["path"], state_dir)
+
+
 # ---------------------------------------------------------------------------------------------
 # every RPC through Client
 
@@ -169,12 +185,19 @@ def case_every_rpc(dm):
             assert pulled[n][1] == 4 and np.array_equal(bits32(pulled[n][0]), bits32(last[n][0]))
         assert float(c.describe("mat")["options"]["lr"]) == 0.02, "a per-step lr changed the " \
             "configuration"
+        cks = []
+        for _ in range(2):
+            cks.append(c.checkpoint())
+            check_checkpoint(cks[-1], 2, dm.state_dir)
+        assert cks[1]["sequence"] == cks[0]["sequence"] + 1, "checkpoint sequences %d, %d" % (
+            cks[0]["sequence"], cks[1]["sequence"])
         assert c.drop("vec") == 4
         expect_error(lambda: c.describe("vec"), SC.NOT_FOUND, "parameter 'vec' is not registered")
         assert [i["name"] for i in c.list()] == ["mat"]
         c.drop("mat")
-    return "Muon rel %.1e, AdamW rel %.1e over 4 steps (per-step lr, SetConfig lr)" % (
-        worst["mat"], worst["vec"])
+    return "Muon rel %.1e, AdamW rel %.1e over 4 steps (per-step lr, SetConfig lr); " \
+        "checkpoints %d, %d (%d bytes)" % (worst["mat"], worst["vec"], cks[0]["sequence"],
+                                          cks[1]["sequence"], cks[1]["bytes"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -670,6 +693,11 @@ def case_sharded(orthod_path):
         assert e.details.startswith("shard %d (" % min(sc.shard_of(names[1]),
                                                        sc.shard_of(names[2]))), e.details
         assert len(sc.list()) == len(names) - 1
+        cks = sc.checkpoint()  # one per daemon, in address order, each of its own parameters
+        assert len(cks) == 3, cks
+        for k, ck in enumerate(cks):
+            check_checkpoint(ck, sum(1 for n in names[1:] if sc.shard_of(n) == k),
+                             dms[k].state_dir)
         sc.close()
         for d in dms:
             d.stop()

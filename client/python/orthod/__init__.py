@@ -1,7 +1,7 @@
 """orthod — the Python client of the orthod optimizer daemon.
 
 * :class:`Client`: every RPC of orthod.v1 over one connection (register, upload, step, pull,
-  list, describe, drop, set_config, health).
+  list, describe, drop, set_config, checkpoint, health).
 * :class:`ShardedClient`: the same over several daemons, parameters placed by consistent hashing
   of their names (:mod:`orthod.placement`).
 * :class:`RemoteOptimizer`: a torch.optim-style optimizer (a ``torch.optim.Optimizer`` subclass

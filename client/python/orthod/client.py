@@ -3,9 +3,9 @@
 Tensors go out as NumPy arrays (torch tensors are accepted and copied to the CPU) cut into chunks
 of ``chunk_bytes`` (docs/PROTOCOL.md, "Tensor chunks") and come back as float32 arrays of the
 parameter's shape. Errors raise :class:`orthod.OrthodError` with the daemon's status code and
-message. Calls that are safe to repeat (Register, Describe, List, Pull, SetConfig, health) are
-retried with exponential backoff when the daemon is unreachable (``UNAVAILABLE``); the others
-(Upload, Step, Drop) never are, since the first attempt may have been applied.
+message. Calls that are safe to repeat (Register, Describe, List, Pull, SetConfig, Checkpoint,
+health) are retried with exponential backoff when the daemon is unreachable (``UNAVAILABLE``); the
+others (Upload, Step, Drop) never are, since the first attempt may have been applied.
 """
 
 import math
@@ -367,6 +367,18 @@ class Client(_Closing):
         r = self._call("SetConfig", lambda: self._stub.SetConfig(req, timeout=self.timeout,
                                                                   metadata=METADATA), True)
         return self._remember(_info(r))
+
+    def checkpoint(self) -> dict:
+        """Have the daemon write a checkpoint of every parameter (weights, optimizer state, step
+        counter, spec) to its state directory; returns once the file is durable:
+        {"path" (the file, on the daemon's machine), "sequence" (one more than the previous
+        checkpoint of that directory), "parameters", "bytes" (the file's size)}. Retried on
+        ``UNAVAILABLE``: a repeated call only writes one more checkpoint, so a retry after a lost
+        reply can skip a sequence number."""
+        r = self._call("Checkpoint", lambda: self._stub.Checkpoint(
+            pb.CheckpointRequest(), timeout=self.timeout, metadata=METADATA), True)
+        return {"path": r.path, "sequence": int(r.sequence), "parameters": int(r.parameters),
+                "bytes": int(r.bytes)}
 
     def health(self, service: str = "") -> str:
         """grpc.health.v1 Check: "SERVING", "NOT_SERVING", ... (service "" is the daemon,

@@ -161,6 +161,13 @@ class ShardedClient(_Closing):
                 "device_bytes_limit": 0 if 0 in limits else sum(limits),
                 "params": sum(u["params"] for u in vals)}
 
+    def checkpoint(self) -> List[dict]:
+        """Client.checkpoint on every daemon, in parallel: one result per daemon, in the order of
+        ``addresses``. Each daemon writes its own parameters to its own state directory; the
+        checkpoints are not taken at one instant across daemons."""
+        parts = self._map(lambda c, _: c.checkpoint(), {i: None for i in range(len(self.clients))})
+        return [parts[i] for i in range(len(self.clients))]
+
     def health(self, service: str = "") -> str:
         """"SERVING" when every daemon is; otherwise the first other status (by shard index).
         An unreachable daemon raises its OrthodError."""

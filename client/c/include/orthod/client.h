@@ -180,6 +180,30 @@ ORTHOD_CLIENT_API int orthod_list(orthod_client_t *client, const char *prefix,
                                   orthod_param_list_t *list);
 ORTHOD_CLIENT_API void orthod_param_list_clear(orthod_param_list_t *list);
 
+/* ---- checkpoints --------------------------------------------------------------------------- */
+
+#define ORTHOD_CLIENT_PATH_MAX 4096 /* bytes of a checkpoint path, its NUL included */
+
+/* What a checkpoint holds and where the daemon put it. (The client_ prefix keeps it apart from
+ * the engine's orthod_checkpoint_info_t, as orthod_client_dtype_t is from orthod_dtype_t.) */
+typedef struct orthod_client_checkpoint_info {
+  char path[ORTHOD_CLIENT_PATH_MAX]; /* the file written, as the daemon names it (a path on the
+                                        daemon's machine, in its state directory) */
+  uint64_t sequence;                 /* one more than the previous checkpoint of that directory */
+  uint32_t parameters;               /* parameters in the checkpoint */
+  uint64_t bytes;                    /* size of the file */
+} orthod_client_checkpoint_info_t;
+
+/* Have the daemon write a checkpoint of every parameter (weights, optimizer state, step counter,
+ * spec) to its state directory; returns once the file is durable. It holds every change the
+ * daemon acknowledged before the call. info (may be NULL) receives what was written. The wait is
+ * bounded by deadline_ms like every unary call: DEADLINE_EXCEEDED does not mean that no file was
+ * written. UNAVAILABLE while the daemon shuts down; INTERNAL (RESOURCE_EXHAUSTED for a full disk)
+ * when the file cannot be written, the message naming it. Safe to repeat: a retry writes one more
+ * checkpoint, with the next sequence. */
+ORTHOD_CLIENT_API int orthod_checkpoint(orthod_client_t *client,
+                                        orthod_client_checkpoint_info_t *info);
+
 /* ---- health (grpc.health.v1.Health) ------------------------------------------------------ */
 
 /* ServingStatus values of grpc.health.v1 (what orthod_health_check and a watch report). */

@@ -128,6 +128,14 @@ ORTHOD_CLIENT_API int orthod_sharded_list(orthod_sharded_client_t *sc, const cha
 ORTHOD_CLIENT_API int orthod_sharded_health(orthod_sharded_client_t *sc, const char *service,
                                             int *serving);
 
+/* orthod_checkpoint on every shard (in parallel): each daemon writes its own parameters to its
+ * own state directory. infos (may be NULL) has orthod_sharded_count(sc) entries and receives
+ * each shard's checkpoint (zeroed where the call failed). The checkpoints are taken one per
+ * daemon, not at one instant across them: a step between two of them is in some and not in the
+ * others. */
+ORTHOD_CLIENT_API int orthod_sharded_checkpoint(orthod_sharded_client_t *sc,
+                                                orthod_client_checkpoint_info_t *infos);
+
 /* ---- the training loop -------------------------------------------------------------------- */
 
 /* Push the n items as worker `worker_rank` and wait for their new weights: the items are
