@@ -678,17 +678,22 @@ static int health_job(job_t *j) {
   return rc != 0 ? job_error(j, orthod_client_last_error(cl), rc) : 0;
 }
 
-int orthod_sharded_health(orthod_sharded_client_t *sc, const char *service, int *serving) {
-  if (sc == NULL) return GRPC_STATUS_INVALID_ARGUMENT;
-  if (serving != NULL) memset(serving, 0, sc->n * sizeof *serving);
-  all_ctx_t ctx = {.text = service, .serving = serving};
+/* One job per shard, all in parallel; the status of the lowest failing shard. */
+static int run_on_every_shard(orthod_sharded_client_t *sc, int (*fn)(job_t *), all_ctx_t *ctx) {
   size_t *order = NULL, n_jobs = 0;
   job_t *jobs = NULL;
-  int rc = make_jobs(sc, NULL, 0, health_job, &ctx, &order, &jobs, &n_jobs);
+  int rc = make_jobs(sc, NULL, 0, fn, ctx, &order, &jobs, &n_jobs);
   if (rc == 0) rc = run_jobs(sc, jobs, n_jobs);
   free(order);
   free(jobs);
   return rc;
+}
+
+int orthod_sharded_health(orthod_sharded_client_t *sc, const char *service, int *serving) {
+  if (sc == NULL) return GRPC_STATUS_INVALID_ARGUMENT;
+  if (serving != NULL) memset(serving, 0, sc->n * sizeof *serving);
+  all_ctx_t ctx = {.text = service, .serving = serving};
+  return run_on_every_shard(sc, health_job, &ctx);
 }
 
 static int checkpoint_job(job_t *j) {
@@ -703,11 +708,5 @@ int orthod_sharded_checkpoint(orthod_sharded_client_t *sc,
   if (sc == NULL) return GRPC_STATUS_INVALID_ARGUMENT;
   if (infos != NULL) memset(infos, 0, sc->n * sizeof *infos);
   all_ctx_t ctx = {.checkpoints = infos};
-  size_t *order = NULL, n_jobs = 0;
-  job_t *jobs = NULL;
-  int rc = make_jobs(sc, NULL, 0, checkpoint_job, &ctx, &order, &jobs, &n_jobs);
-  if (rc == 0) rc = run_jobs(sc, jobs, n_jobs);
-  free(order);
-  free(jobs);
-  return rc;
+  return run_on_every_shard(sc, checkpoint_job, &ctx);
 }

@@ -186,6 +186,15 @@ static orthod_err_t write_record(out_t *o, orthod_backend_t *be, orthod_param_t 
   return ORTHOD_OK;
 }
 
+static void fill_info(orthod_checkpoint_info_t *info, const char *path, uint64_t sequence,
+                      uint32_t records, long size) {
+  if (info == NULL) return;
+  snprintf(info->path, sizeof info->path, "%s", path);
+  info->sequence = sequence;
+  info->parameters = records;
+  info->bytes = size > 0 ? (uint64_t)size : 0;
+}
+
 static void file_name(char *buf, size_t len, const char *dir, uint64_t seq, bool tmp) {
   snprintf(buf, len, "%s/%s" PREFIX "%020" PRIu64 "%s", dir, tmp ? "." : "", seq,
            tmp ? SUFFIX ".tmp" : SUFFIX);
@@ -353,12 +362,7 @@ orthod_err_t orthod_checkpoint_save(orthod_store_t *store, const char *dir, uint
   }
   ORTHOD_TRY(fsync_dir(dir));
   prune(dir, keep);
-  if (info) {
-    snprintf(info->path, sizeof info->path, "%s", path);
-    info->sequence = sequence;
-    info->parameters = records;
-    info->bytes = size > 0 ? (uint64_t)size : 0;
-  }
+  fill_info(info, path, sequence, records, size);
   return ORTHOD_OK;
 }
 
@@ -598,11 +602,6 @@ orthod_err_t orthod_checkpoint_load(orthod_store_t *store, const char *path,
     empty_store(store);
     return orthod__fail(err, "%s", detail);
   }
-  if (info) {
-    snprintf(info->path, sizeof info->path, "%s", path);
-    info->sequence = sequence;
-    info->parameters = records;
-    info->bytes = size > 0 ? (uint64_t)size : 0;
-  }
+  fill_info(info, path, sequence, records, size);
   return ORTHOD_OK;
 }

@@ -17,8 +17,8 @@ Parts:
                 rel = max|W - W_ref| / max|W_ref - W_0|
             with the tolerances of tests/reference/test_trajectories.py (quoted in c_driver.py).
             With --orthoctl, then on the same daemons `orthoctl --shards A,B,C`: `where` prints
-            the owner of each name, describe and pull reach the owner, list and health run on
-            every shard under a "== shard I (ADDR)" line; usage errors of --shards.
+            the owner of each name, describe and pull reach the owner, list, checkpoint and
+            health run on every shard under a "== shard I (ADDR)" line; usage errors of --shards.
 
 usage: /usr/bin/python3 test_c_shard.py --orthod PATH --shard PATH [--orthoctl PATH]
        [--only vectors,cluster] [--valgrind PATH] [--keep]
@@ -210,6 +210,12 @@ def orthoctl_checks(args, tmp, addresses, names):
         want = {n for n in live if placement(addresses, n) == k}
         check(on_it == want, "list shard %d: %s, placement gives %s" % (k, sorted(on_it),
                                                                        sorted(want)))
+    out, _ = ctl("checkpoint")
+    for k, a in enumerate(addresses):
+        n_on = sum(1 for n in live if placement(addresses, n) == k)
+        pat = r"== shard %d \(%s\)\n%s: checkpoint \d+ \(%d parameters?, [\d.]+ MiB\) -> /\S+\n" % (
+            k, re.escape(a), re.escape(a), n_on)
+        check(re.search(pat, out), "checkpoint, shard %d (%d parameters): %r" % (k, n_on, out))
     out, _ = ctl("health")
     for k, a in enumerate(addresses):
         check("== shard %d (%s)\n%s: SERVING" % (k, a, a) in out, "health: %r" % out)
@@ -221,7 +227,7 @@ def orthoctl_checks(args, tmp, addresses, names):
                 ["--shards", "a:1,,b:2", "where", "x"], ["--shards", "a:1,a:1", "where", "x"]):
         rc, _, err = run([args.orthoctl] + bad, timeout=10, memcheck=False)
         check(rc == 2 and "--help" in err, "orthoctl %s: exit %d %r" % (" ".join(bad), rc, err))
-    print("  orthoctl --shards: where, describe, pull, list, health ok")
+    print("  orthoctl --shards: where, describe, pull, list, checkpoint, health ok")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -104,6 +104,13 @@ def bit_equal(a, b):
                           np.asarray(b, np.float32).view(np.uint32))
 
 
+def cleanup(*daemons):
+    for dm in daemons:
+        if dm is not None:
+            dm.kill()
+            dm.cleanup()
+
+
 def daemon(args, state_dir=None, flags=(), name="orthod"):
     dm = h.Daemon(args.orthod, flags=["--checkpoint-interval-s", "0"] + list(flags), name=name)
     if state_dir is not None:
@@ -157,10 +164,7 @@ def restart_after_sigterm(args):
         b.stop()
         assert files(a.state_dir) == [1, 2], files(a.state_dir)
     finally:
-        for dm in (a, b, control):
-            if dm is not None:
-                dm.kill()
-                dm.cleanup()
+        cleanup(a, b, control)
 
 
 def kill9_keeps_acknowledged(args):
@@ -192,10 +196,7 @@ def kill9_keeps_acknowledged(args):
         assert r3.sequence == 3, r3
         b.stop()
     finally:
-        for dm in (a, b):
-            if dm is not None:
-                dm.kill()
-                dm.cleanup()
+        cleanup(a, b)
 
 
 def periodic_and_keep(args):
@@ -223,8 +224,7 @@ def periodic_and_keep(args):
         assert files(dm.state_dir) == [3, 4], files(dm.state_dir)
         assert "none written at shutdown" in dm.stderr_text(), dm.stderr_tail()
     finally:
-        dm.kill()
-        dm.cleanup()
+        cleanup(dm)
 
 
 def start_fails(args, state_dir, flags, pattern):
@@ -241,8 +241,7 @@ def start_fails(args, state_dir, flags, pattern):
         assert re.search(pattern, dm.stderr_text()), "stderr does not match /%s/:\n%s" % (
             pattern, dm.stderr_tail())
     finally:
-        dm.kill()
-        dm.cleanup()
+        cleanup(dm)
 
 
 def damaged_and_restore_false(args):
@@ -273,10 +272,7 @@ def damaged_and_restore_false(args):
         b.stop()
         assert files(a.state_dir) == [1, 2], files(a.state_dir)
     finally:
-        for dm in (a, b):
-            if dm is not None:
-                dm.kill()
-                dm.cleanup()
+        cleanup(a, b)
 
 
 def errors_keep_serving(args):
@@ -304,8 +300,7 @@ def errors_keep_serving(args):
                            SC.INVALID_ARGUMENT, r"malformed CheckpointRequest")
         dm.stop()
     finally:
-        dm.kill()
-        dm.cleanup()
+        cleanup(dm)
 
 
 def main():

@@ -16,7 +16,8 @@
  *   The k-th param line's data is DIR/pK.w0.f32 and DIR/pK.grads.f32 (N gradients); the final
  *   weights go to DIR/pK.out.f32. Every parameter is registered and uploaded through the sharded
  *   client and, identically, on SINGLE; each shard's own List must hold exactly the parameters
- *   placement gives it; N steps run through orthod_sharded_step (all parameters in one call, or
+ *   placement gives it, and so must each shard's checkpoint (orthod_sharded_checkpoint); N steps
+ *   run through orthod_sharded_step (all parameters in one call, or
  *   in two calls) and on one Step stream of SINGLE, and the weights must be bit-identical after
  *   every step (the math is per parameter, so where it runs cannot change a bit). Then routed
  *   calls, errors from one shard and from several (code, shard index and address in the text),
@@ -496,6 +497,12 @@ static void unreachable_shard(const char *live) {
   rc = orthod_sharded_list(sc, NULL, &list);
   check_shard_error(sc, rc, 14, 1, "list with shard 1 down");
   CHECK(list.n == 0 && list.params == NULL, "failed list is empty");
+  orthod_client_checkpoint_info_t ck[2];
+  rc = orthod_sharded_checkpoint(sc, ck);
+  check_shard_error(sc, rc, 14, 1, "checkpoint with shard 1 down");
+  CHECK(ck[0].sequence >= 1 && ck[1].sequence == 0 && ck[1].path[0] == '\0',
+        "checkpoint infos with shard 1 down: %" PRIu64 " %" PRIu64, ck[0].sequence,
+        ck[1].sequence);
   char name[64];
   ghost_on(sc, 1, name, sizeof name);
   orthod_param_info_t info;
@@ -608,6 +615,19 @@ static int run_cluster(const char *dir, const char *single, const char *const *a
   CHECK(all.device_bytes_used == used, "merged device bytes %" PRIu64 " != %" PRIu64,
         all.device_bytes_used, used);
   orthod_param_list_clear(&all);
+
+  /* a checkpoint on every shard: each holds exactly the parameters placed on it */
+  orthod_client_checkpoint_info_t ck[MAX_SHARDS];
+  rc = orthod_sharded_checkpoint(sc, ck);
+  CHECK(rc == 0, "sharded checkpoint: %s", orthod_sharded_last_error(sc));
+  for (size_t i = 0; rc == 0 && i < n; i++)
+    CHECK(ck[i].parameters == per_shard[i] && ck[i].sequence >= 1 && ck[i].bytes > 0 &&
+              strstr(ck[i].path, "/checkpoint-") != NULL,
+          "checkpoint of shard %zu: %" PRIu32 " parameters (placed: %zu), sequence %" PRIu64
+          ", %" PRIu64 " bytes, '%s'", i, ck[i].parameters, per_shard[i], ck[i].sequence,
+          ck[i].bytes, ck[i].path);
+  CHECK(orthod_sharded_checkpoint(sc, NULL) == 0, "sharded checkpoint without infos: %s",
+        orthod_sharded_last_error(sc));
 
   /* the steps: sharded (odd steps split into two calls) vs one Step stream on SINGLE */
   orthod_step_item_t items[MAX_PARAMS], ref[MAX_PARAMS];
