@@ -79,6 +79,10 @@ static const config_key_t keys[] = {
      "Shortest interval of client keepalive pings the daemon expects (pings are permitted "
      "without calls and never answered with GOAWAY).",
      NULL, 0},
+    {"metrics-listen", K_LISTEN, FIELD(metrics_listen), "", 0, 0, "HOST:PORT",
+     "Serve Prometheus metrics on http://HOST:PORT/metrics and a probe on /healthz (plain HTTP, "
+     "read-only; any address is allowed); empty: off.",
+     NULL, KF_MAY_BE_EMPTY},
     /* device */
     {"backend", K_CHOICE, FIELD(backend), "auto", 0, 0, "auto|cpu|cuda",
      "Compute backend. auto takes CUDA when this build has it and a device is present, else "
@@ -444,7 +448,7 @@ static const char *parse_value(orthod_server_config_t *c, const config_key_t *k,
         return snprintf(why, whylen, "the value is empty"), why;
       if (len >= k->size)
         return snprintf(why, whylen, "the value is longer than %zu bytes", k->size - 1), why;
-      if (k->type == K_LISTEN) {
+      if (k->type == K_LISTEN && len > 0) {
         char host[256];
         unsigned port;
         if (split_listen(text, host, sizeof host, &port, why, whylen) != NULL) return why;

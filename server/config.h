@@ -47,6 +47,7 @@ typedef struct orthod_server_config {
   uint32_t keepalive_time_ms;    /* --keepalive-time-ms: server pings an idle connection, 60000 */
   uint32_t keepalive_timeout_ms; /* --keepalive-timeout-ms: ping ack wait, 20000 */
   uint32_t keepalive_permit_ms;  /* --keepalive-permit-ms: min interval of client pings, 10000 */
+  char metrics_listen[256];      /* --metrics-listen host:port of the HTTP metrics endpoint, "" off */
   /* device */
   char backend[16];              /* --backend auto|cpu|cuda, default auto */
   int device;                    /* --device N (CUDA), default 0 */

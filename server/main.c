@@ -18,6 +18,7 @@
 #include "config.h"
 #include "device.h"
 #include "health.h"
+#include "metrics.h"
 #include "orthod/log.h"
 #include "rpc.h"
 #include "service.h"
@@ -34,6 +35,7 @@ typedef struct app {
   orthod_device_t *dev;
   orthod_service_t *svc;
   orthod_health_t *health;
+  orthod_metrics_t *metrics; /* NULL until created */
   orthod_rpc_server_t *rpc;
   uv_signal_t sig_int, sig_term;
   uv_timer_t drain_timer;  /* drain_timeout_ms → cancel all; then the stuck guard */
@@ -92,15 +94,24 @@ static void close_handles(app_t *app) {
 
 /* Last step of every teardown, on the loop once the device thread is gone: nothing can reach the
  * services any more. The loop ends when the handles closed here are gone. */
+static void on_metrics_closed(void *arg) {
+  app_t *app = arg;
+  orthod_metrics_destroy(app->metrics);
+  app->metrics = NULL;
+}
+
 static void on_device_stopped(void *arg) {
   app_t *app = arg;
   app->dev = NULL;
   orthod_rpc_server_destroy(app->rpc);
   app->rpc = NULL;
+  /* the metrics read the service's registry: detach before it goes */
+  orthod_metrics_set_gauges(app->metrics, NULL, NULL);
   if (app->svc) orthod_service_destroy(app->svc);
   app->svc = NULL;
   orthod_health_destroy(app->health);
   app->health = NULL;
+  if (app->metrics) orthod_metrics_close(app->metrics, on_metrics_closed, app);
   close_handles(app);
 }
 
@@ -166,6 +177,7 @@ static void on_signal(uv_signal_t *h, int signum) {
              name, (unsigned)app->cfg.drain_timeout_ms);
   /* Probes first, so load balancers stop routing here before calls start failing. */
   orthod_health_shutdown(app->health);
+  orthod_metrics_set_serving(app->metrics, false);
   orthod_service_drain(app->svc);
   orthod_rpc_server_shutdown(app->rpc, on_drained, app);
   if (!app->cancelled) uv_timer_start(&app->drain_timer, on_drain_timeout, app->cfg.drain_timeout_ms, 0);
@@ -233,6 +245,16 @@ int main(int argc, char **argv) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "cannot create the optimizer service");
     return fail_after_device(&app);
   }
+  if (orthod_metrics_create(orthod_device_backend_name(app.dev), &app.metrics) != 0) {
+    ORTHOD_LOG(ORTHOD_LOG_ERROR, "out of memory");
+    return fail_after_device(&app);
+  }
+  orthod_service_set_metrics(app.svc, app.metrics);
+  if (app.cfg.metrics_listen[0] != '\0' &&
+      orthod_metrics_listen(app.metrics, app.loop, app.cfg.metrics_listen, err, sizeof err) != 0) {
+    ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
+    return fail_after_device(&app);
+  }
   if (orthod_service_restore(app.svc, err, sizeof err) != 0) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
     return fail_after_device(&app);
@@ -279,6 +301,7 @@ int main(int argc, char **argv) {
   uv_signal_start(&app.sig_int, on_signal, SIGINT);
   uv_signal_start(&app.sig_term, on_signal, SIGTERM);
   orthod_health_set_serving(app.health, true);
+  orthod_metrics_set_serving(app.metrics, true);
 
   /* The one line on stdout that scripts and tests wait for; the host is what we bound. */
   char host[256];
@@ -290,6 +313,13 @@ int main(int argc, char **argv) {
   fflush(stdout);
   ORTHOD_LOG(ORTHOD_LOG_INFO, "serving on %s:%d; stop with Ctrl-C or `kill -TERM %ld`", host,
              orthod_rpc_server_port(app.rpc), (long)getpid());
+  if (orthod_metrics_port(app.metrics) > 0) {
+    snprintf(host, sizeof host, "%s", app.cfg.metrics_listen);
+    colon = strrchr(host, ':');
+    if (colon) *colon = '\0';
+    ORTHOD_LOG(ORTHOD_LOG_INFO, "metrics on http://%s:%d/metrics (probe: /healthz)", host,
+               orthod_metrics_port(app.metrics));
+  }
 
   uv_run(app.loop, UV_RUN_DEFAULT);
   if (app.exit_code != 0) return app.exit_code; /* stuck shutdown: no cleanup is safe */

@@ -72,6 +72,7 @@
 #include <strings.h>
 
 #include "chunks.h"
+#include "metrics.h"
 #include "orthod/checkpoint.h"
 #include "orthod/log.h"
 #include "orthod/v1/orthod.pb-c.h"
@@ -220,6 +221,7 @@ struct orthod_service {
   uint64_t timer_due; /* 0: not armed */
   uint8_t *scratch;   /* one chunk converted for sending */
   size_t scratch_len;
+  orthod_metrics_t *metrics; /* may be NULL */
   /* checkpoints */
   char state_dir[ORTHOD_CHECKPOINT_PATH_MAX]; /* --state-dir made absolute (file names in logs
                                                  and replies do not depend on the cwd) */
@@ -328,6 +330,8 @@ static void ctx_end(ctx_t *ctx, grpc_status_code code, const char *msg) {
   if (ctx->over) return;
   ctx->over = true;
   if (ctx->call != NULL) {
+    if (code != GRPC_STATUS_OK)
+      orthod_metrics_rpc_error(ctx->svc->metrics, method_names[ctx->method], code);
     if (code != GRPC_STATUS_OK)
       ORTHOD_LOG(code == GRPC_STATUS_INTERNAL ? ORTHOD_LOG_WARN : ORTHOD_LOG_INFO,
                  "%s from %s: %s: %s", method_names[ctx->method], orthod_call_peer(ctx->call),
@@ -1058,6 +1062,7 @@ static void handle_upload(ctx_t *ctx, const uint8_t *data, size_t len) {
     ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "malformed UploadRequest message");
     return;
   }
+  if (req->chunk != NULL) orthod_metrics_bytes_received(svc->metrics, req->chunk->data.len);
   char err[MSG_MAX];
   upl_t *u = NULL;
   for (size_t i = 0; i < ctx->n_upl; i++)
@@ -1209,6 +1214,7 @@ static int send_chunk(ctx_t *ctx) {
     rc = orthod_wire_send(ctx->call, &r.base);
   }
   if (rc != 0) return -1;
+  orthod_metrics_bytes_sent(svc->metrics, bytes);
   it->off += n;
   if (last) {
     ctx->out_head = it->next;
@@ -1264,10 +1270,10 @@ typedef struct {
   bool want_weights;
   bool skipped;
   float *weights;       /* fp32 after the step */
+  double seconds;       /* device time of run */
 } step_job_t;
 
-static void step_run(orthod_job_t *job, orthod_store_t *store) {
-  step_job_t *j = (step_job_t *)job;
+static void step_run_timed(step_job_t *j, orthod_store_t *store) {
   param_t *p = j->b.p;
   orthod_param_t *sp = NULL;
   orthod_error_clear();
@@ -1325,10 +1331,19 @@ static void step_run(orthod_job_t *job, orthod_store_t *store) {
   }
 }
 
+/* The step and the read-back, timed for the metrics. */
+static void step_run(orthod_job_t *job, orthod_store_t *store) {
+  step_job_t *j = (step_job_t *)job;
+  uint64_t t0 = uv_hrtime();
+  step_run_timed(j, store);
+  j->seconds = (double)(uv_hrtime() - t0) * 1e-9;
+}
+
 static void step_done(orthod_job_t *job) {
   step_job_t *j = (step_job_t *)job;
   param_t *p = j->b.p;
   p->inflight--;
+  orthod_metrics_step(p->svc->metrics, j->seconds, j->b.err == ORTHOD_OK && !j->skipped);
   if (j->b.step >= 0 && !(j->b.err == ORTHOD_E_NOTFOUND)) p->step = (uint64_t)j->b.step;
   if (j->skipped)
     ORTHOD_LOG(ORTHOD_LOG_INFO, "step %" PRIu64 " of '%s' skipped: non-finite gradient",
@@ -1547,6 +1562,7 @@ static void handle_step(ctx_t *ctx, const uint8_t *data, size_t len) {
     ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "malformed StepRequest message");
     return;
   }
+  if (req->chunk != NULL) orthod_metrics_bytes_received(svc->metrics, req->chunk->data.len);
   char err[MSG_MAX];
   param_t *p = registry_live(svc, req->name);
   if (p == NULL) {
@@ -2072,6 +2088,7 @@ static void ckpt_done(orthod_job_t *job) {
   ckpt_job_t *j = (ckpt_job_t *)job;
   orthod_service_t *svc = j->svc;
   svc->ckpt_inflight--;
+  orthod_metrics_checkpoint(svc->metrics, j->b.err == ORTHOD_OK, j->seconds, j->info.bytes);
   if (j->b.err == ORTHOD_OK) {
     if (j->changes > svc->changes_saved) svc->changes_saved = j->changes;
     ORTHOD_LOG(ORTHOD_LOG_INFO,
@@ -2320,6 +2337,7 @@ static void on_start(orthod_call_t *call) {
   if (svc->calls) svc->calls->prev = ctx;
   svc->calls = ctx;
   orthod_call_set_data(call, ctx);
+  orthod_metrics_rpc(svc->metrics, method_names[ctx->method]);
   const char *v = orthod_call_metadata(call, "orthod-protocol-version");
   char want[16];
   snprintf(want, sizeof want, "%d", ORTHOD_PROTOCOL_VERSION);
@@ -2451,6 +2469,18 @@ int orthod_service_create(uv_loop_t *loop, orthod_device_t *dev, const orthod_se
                                         .on_done = on_done};
   *out = svc;
   return 0;
+}
+
+static void service_gauges(void *arg, orthod_metrics_gauges_t *g) {
+  orthod_service_t *svc = arg;
+  for (size_t i = 0; i < svc->n_params; i++) g->parameters += svc->params[i]->live;
+  g->device_bytes = svc->bytes_used;
+  g->device_bytes_limit = svc->cfg->memory_limit;
+}
+
+void orthod_service_set_metrics(orthod_service_t *svc, orthod_metrics_t *m) {
+  svc->metrics = m;
+  orthod_metrics_set_gauges(m, service_gauges, svc);
 }
 
 size_t orthod_service_methods(orthod_service_t *svc, const orthod_method_t **out) {

@@ -11,6 +11,7 @@
 
 #include "config.h"
 #include "device.h"
+#include "metrics.h"
 #include "rpc.h"
 
 typedef struct orthod_service orthod_service_t;
@@ -18,6 +19,9 @@ typedef struct orthod_service orthod_service_t;
 /* cfg and dev are borrowed and outlive the service. */
 int orthod_service_create(uv_loop_t *loop, orthod_device_t *dev, const orthod_server_config_t *cfg,
                           orthod_service_t **out);
+
+/* Count into m (borrowed; NULL: no metrics) and report the registry's gauges to it. */
+void orthod_service_set_metrics(orthod_service_t *svc, orthod_metrics_t *m);
 
 /* Before serving: load the newest checkpoint of --state-dir into the store and the registry
  * (unless --restore=false) and number new checkpoints after it. Runs the loop until the device

@@ -1,16 +1,20 @@
 """test_valgrind.py — a short session against the daemon running under valgrind memcheck:
-register, upload, 3 steps, pull, a few bad requests, a SYNC push aborted by Drop, SIGTERM with
-an open Step stream and a pending SYNC push. The exit status must be 0
-(valgrind's --error-exitcode=99 turns any memory error or definite leak into 99) and the log must
-show no invalid reads/writes and no definitely lost bytes. Skips (77) without valgrind.
+register, upload, 3 steps, pull, a few bad requests, a SYNC push aborted by Drop, a Checkpoint,
+metrics scrapes (and an HTTP peer left idle), SIGTERM with an open Step stream and a pending SYNC
+push (the final checkpoint); then a second daemon under memcheck restores that checkpoint. Each
+exit status must be 0 (valgrind's --error-exitcode=99 turns any memory error or definite leak
+into 99) and each log must show no invalid reads/writes and no definitely lost bytes. Skips (77)
+without valgrind.
 
 Usage: /usr/bin/python3 test_valgrind.py --orthod PATH --gen DIR
 """
 
+import http.client
 import os
 import re
 import shutil
 import signal
+import socket
 import sys
 import time
 
@@ -76,6 +80,19 @@ def session(dm):
     time.sleep(0.5)
     stub.Drop(h.pb.DropRequest(name="s"), timeout=30, metadata=h.md())
     h.expect_rpc_error(lambda: p.next_weights("s"), SC.ABORTED)
+    # a checkpoint, metrics and the probe (the port is in the log)
+    ck = stub.Checkpoint(h.pb.CheckpointRequest(), timeout=60, metadata=h.md())
+    assert ck.sequence == 1 and ck.parameters == 1, ck  # w ("b" and "s" were dropped)
+    port = int(re.search(r"metrics on http://127\.0\.0\.1:(\d+)/", dm.stderr_text()).group(1))
+    for path, want in (("/metrics", b"orthod_checkpoints_total{result=\"written\"} 1\n"),
+                       ("/healthz", b"ok\n"), ("/nope", b"not found")):
+        c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        c.request("GET", path)
+        body = c.getresponse().read()
+        c.close()
+        assert want in body, (path, body[:200])
+    idle = socket.create_connection(("127.0.0.1", port), timeout=60)
+    idle.sendall(b"GET /metr")  # half a request, left open for the shutdown
     # left open for the shutdown: a stream after a step, and a pending SYNC push
     s = h.StepStream(stub, timeout=120)
     s.push("w", 3, h.seeded([16, 8], 7))
@@ -85,7 +102,7 @@ def session(dm):
     p = h.StepStream(stub, timeout=120)
     p.push("s2", 0, h.seeded([8, 8], 9), rank=1)
     time.sleep(0.5)
-    return s, p
+    return s, p, idle
 
 
 def check_log(path):
@@ -110,14 +127,7 @@ def main():
         print("valgrind not found: skipping")
         return h.SKIP
     runner = h.Runner("valgrind", args.only)
-    dm = h.Daemon(args.orthod, ["--drain-timeout-ms", "3000"], keep=args.keep,
-                  name="orthod-valgrind", start_timeout=60)
-    log = os.path.join(dm.tmp, "valgrind.log")
-    dm.wrapper = [valgrind, "--error-exitcode=99", "--leak-check=full",
-                  "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite",
-                  "--track-fds=no", "--log-file=" + log,
-                  "--suppressions=" + os.path.join(os.path.dirname(os.path.abspath(__file__)),
-                                                   "valgrind.supp")]
+    dm, log = under_valgrind(args, valgrind, "orthod-valgrind")
     try:
         dm.start()
     except Exception as e:  # noqa: BLE001
@@ -148,8 +158,46 @@ def main():
         return "exit 0 after %.1f s; %s" % (took, summary)
 
     runner.case("SIGTERM: exit 0, no memory errors, no definite leaks", stop)
+
+    def restore():
+        again, log2 = under_valgrind(args, valgrind, "orthod-valgrind-restored")
+        again.state_dir = dm.state_dir
+        try:
+            again.start()
+            info = h.describe(again.stub(), "w", timeout=60)
+            assert info.step == 4, info
+            t0 = time.monotonic()
+            again.send_signal(signal.SIGTERM)
+            rc, _ = again.wait(120)
+            took = time.monotonic() - t0
+            again.stop(expect_rc=None)
+            problems, summary = check_log(log2)
+            assert rc == 0, "exit status %s (99: valgrind found errors); %s; %s\n%s" % (
+                rc, summary, problems[:10], tail(log2))
+            assert not problems, "%s; %s\n%s" % (summary, problems[:10], tail(log2))
+            return "exit 0 after %.1f s; %s" % (took, summary)
+        finally:
+            again.kill()
+            again.cleanup(failed=runner.failed > 0)
+
+    runner.case("restore the final checkpoint under valgrind: exit 0, no errors", restore)
     dm.cleanup(failed=runner.failed > 0)
     return runner.finish()
+
+
+def under_valgrind(args, valgrind, name):
+    """A Daemon (not started) under memcheck, with its metrics endpoint; returns it and the
+    path of valgrind's log."""
+    dm = h.Daemon(args.orthod, ["--drain-timeout-ms", "3000", "--metrics-listen", "127.0.0.1:0",
+                                "--checkpoint-interval-s", "0"], keep=args.keep, name=name,
+                  start_timeout=60)
+    log = os.path.join(dm.tmp, "valgrind.log")
+    dm.wrapper = [valgrind, "--error-exitcode=99", "--leak-check=full",
+                  "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite",
+                  "--track-fds=no", "--log-file=" + log,
+                  "--suppressions=" + os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                   "valgrind.supp")]
+    return dm, log
 
 
 def tail(path, n=60):

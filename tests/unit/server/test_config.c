@@ -162,6 +162,7 @@ static void test_defaults(void) {
   CHECK_U(c.drain_timeout_ms, 3000);
   CHECK_STR(c.state_dir, "./orthod-data");
   CHECK_STR(c.config_file, "");
+  CHECK_STR(c.metrics_listen, "");
   CHECK_U(c.restore, true);
   CHECK_U(c.checkpoint_interval_s, 300);
   CHECK_U(c.checkpoint_keep, 3);
@@ -171,7 +172,7 @@ static void test_defaults(void) {
   size_t n = 0;
   for (; orthod_server_config_key_name(n) != NULL; n++)
     CHECK_STR(orthod_server_config_source(&c, orthod_server_config_key_name(n)), "default");
-  CHECK_U(n, 24);
+  CHECK_U(n, 25);
   CU_ASSERT_PTR_NULL(orthod_server_config_source(&c, "no-such-key"));
   CU_ASSERT_PTR_NULL(orthod_server_config_source(&c, NULL));
 
@@ -634,7 +635,7 @@ static void test_markdown_table(void) {
   CHECK_HAS(md, "one of auto, cpu, cuda");
   size_t rows = 0;
   for (const char *p = md; (p = strstr(p, "\n| `")) != NULL; p++) rows++;
-  CHECK_U(rows, 24);
+  CHECK_U(rows, 25);
   char path[1024];
   if (source_path("docs/OPERATIONS.md", path, sizeof path)) {
     char *doc = slurp(path);
@@ -667,23 +668,24 @@ static void test_config_log(void) {
   orthod_log_set_sink(capture_sink, NULL, ORTHOD_LOG_INFO);
   orthod_server_config_log(&c);
   orthod_log_set_sink(NULL, NULL, ORTHOD_LOG_WARN);
-  CHECK_U(n_logged, 24);
+  CHECK_U(n_logged, 25);
   CHECK_STR(logged[0], "config listen = 127.0.0.1:50051 (default)");
   CHECK_STR(logged[2], "config max-message-bytes = 16M (default)");
-  CHECK_STR(logged[7], "config backend = cpu (env)");
-  CHECK_STR(logged[9], "config threads = 2 (file)");
-  CHECK_STR(logged[12], "config max-params = 5 (flag)");
+  CHECK_STR(logged[7], "config metrics-listen = none (default)");
+  CHECK_STR(logged[8], "config backend = cpu (env)");
+  CHECK_STR(logged[10], "config threads = 2 (file)");
+  CHECK_STR(logged[13], "config max-params = 5 (flag)");
   char want[256];
   snprintf(want, sizeof want, "config config = %s (flag)", file);
-  CHECK_STR(logged[17], "config restore = true (default)");
-  CHECK_STR(logged[18], "config checkpoint-interval-s = 300 (default)");
-  CHECK_STR(logged[21], want);
+  CHECK_STR(logged[18], "config restore = true (default)");
+  CHECK_STR(logged[19], "config checkpoint-interval-s = 300 (default)");
+  CHECK_STR(logged[22], want);
   orthod_server_config_defaults(&c);
   n_logged = 0;
   orthod_log_set_sink(capture_sink, NULL, ORTHOD_LOG_INFO);
   orthod_server_config_log(&c);
   orthod_log_set_sink(NULL, NULL, ORTHOD_LOG_WARN);
-  CHECK_STR(logged[21], "config config = none (default)");
+  CHECK_STR(logged[22], "config config = none (default)");
 }
 
 /* Run fn with stderr redirected to a file; return what it wrote. */
