@@ -143,19 +143,7 @@ def main():
                 run_session)
 
     def stop():
-        t0 = time.monotonic()
-        dm.send_signal(signal.SIGTERM)
-        rc, _ = dm.wait(120)
-        if rc is None:
-            dm.kill()
-            raise AssertionError("no exit within 120 s of SIGTERM under valgrind")
-        took = time.monotonic() - t0
-        dm.stop(expect_rc=None)
-        problems, summary = check_log(log)
-        assert rc == 0, "exit status %d (99: valgrind found errors); %s; %s\n%s" % (
-            rc, summary, problems[:10], tail(log))
-        assert not problems, "%s; %s\n%s" % (summary, problems[:10], tail(log))
-        return "exit 0 after %.1f s; %s" % (took, summary)
+        return stop_and_check(dm, log)
 
     runner.case("SIGTERM: exit 0, no memory errors, no definite leaks", stop)
 
@@ -166,16 +154,7 @@ def main():
             again.start()
             info = h.describe(again.stub(), "w", timeout=60)
             assert info.step == 4, info
-            t0 = time.monotonic()
-            again.send_signal(signal.SIGTERM)
-            rc, _ = again.wait(120)
-            took = time.monotonic() - t0
-            again.stop(expect_rc=None)
-            problems, summary = check_log(log2)
-            assert rc == 0, "exit status %s (99: valgrind found errors); %s; %s\n%s" % (
-                rc, summary, problems[:10], tail(log2))
-            assert not problems, "%s; %s\n%s" % (summary, problems[:10], tail(log2))
-            return "exit 0 after %.1f s; %s" % (took, summary)
+            return stop_and_check(again, log2)
         finally:
             again.kill()
             again.cleanup(failed=runner.failed > 0)
@@ -183,6 +162,23 @@ def main():
     runner.case("restore the final checkpoint under valgrind: exit 0, no errors", restore)
     dm.cleanup(failed=runner.failed > 0)
     return runner.finish()
+
+
+def stop_and_check(dm, log):
+    """SIGTERM, then exit status 0 and a clean memcheck log."""
+    t0 = time.monotonic()
+    dm.send_signal(signal.SIGTERM)
+    rc, _ = dm.wait(120)
+    if rc is None:
+        dm.kill()
+        raise AssertionError("no exit within 120 s of SIGTERM under valgrind")
+    took = time.monotonic() - t0
+    dm.stop(expect_rc=None)
+    problems, summary = check_log(log)
+    assert rc == 0, "exit status %d (99: valgrind found errors); %s; %s\n%s" % (
+        rc, summary, problems[:10], tail(log))
+    assert not problems, "%s; %s\n%s" % (summary, problems[:10], tail(log))
+    return "exit 0 after %.1f s; %s" % (took, summary)
 
 
 def under_valgrind(args, valgrind, name):
