@@ -14,6 +14,7 @@ PACKAGES=(
   protobuf-compiler protobuf-compiler-grpc  # protoc + grpc_python_plugin (Python stubs)
   python3-grpcio python3-protobuf    # Python integration tests and client
   python3-torch                      # the training-run tests of the Python client
+  openssl                            # test certificates for the TLS tests
 )
 
 missing=()

@@ -63,8 +63,21 @@ static const config_key_t keys[] = {
     {"listen", K_LISTEN, FIELD(listen), "127.0.0.1:50051", 0, 0, "HOST:PORT",
      "Address to serve gRPC on. Port 0 picks a free port; IPv6 is written [::1]:PORT.", NULL, 0},
     {"allow-insecure-remote", K_BOOL, FIELD(allow_insecure_remote), "false", 0, 1, NULL,
-     "Allow a listen address beyond loopback. Traffic is then unencrypted and unauthenticated.",
-     NULL, 0},
+     "Allow a listen address beyond loopback without TLS. Traffic is then unencrypted.", NULL,
+     0},
+    {"tls-cert", K_PATH, FIELD(tls_cert), "", 0, 0, "FILE",
+     "PEM certificate chain: serve gRPC over TLS only (with tls-key). Any listen address is "
+     "then allowed.",
+     NULL, KF_MAY_BE_EMPTY},
+    {"tls-key", K_PATH, FIELD(tls_key), "", 0, 0, "FILE", "PEM private key of tls-cert.", NULL,
+     KF_MAY_BE_EMPTY},
+    {"tls-client-ca", K_PATH, FIELD(tls_client_ca), "", 0, 0, "FILE",
+     "PEM CA bundle: require client certificates signed by it (mutual TLS).", NULL,
+     KF_MAY_BE_EMPTY},
+    {"auth-tokens", K_PATH, FIELD(auth_tokens), "", 0, 0, "FILE",
+     "Bearer tokens and what each may read or write (docs/OPERATIONS.md, Security); empty: "
+     "every client may do everything.",
+     NULL, KF_MAY_BE_EMPTY},
     {"max-message-bytes", K_SIZE, FIELD(max_message_bytes), "16M", 64 * KIB, 2 * GIB, "SIZE",
      "Largest gRPC message the daemon receives or sends.", NULL, 0},
     {"chunk-bytes", K_SIZE, FIELD(chunk_bytes), "1M", KIB, 2 * GIB - KIB, "SIZE",
@@ -706,7 +719,19 @@ static int check_combined(const orthod_server_config_t *c, char *err, size_t err
     }
     return -1;
   }
-  if (!c->allow_insecure_remote && !orthod_listen_is_loopback(c->listen)) {
+  bool cert = c->tls_cert[0] != '\0', key = c->tls_key[0] != '\0';
+  if (cert != key || (c->tls_client_ca[0] != '\0' && !cert)) {
+    const config_key_t *kk = find_key(cert ? "tls-cert" : key ? "tls-key" : "tls-client-ca",
+                                      cert ? 8 : key ? 7 : 13);
+    char who[256];
+    origin_t o = {(orthod_config_source_t)c->source_[key_index(kk)], "", 0};
+    describe_origin(kk, &o, who, sizeof who);
+    set_err(err, errlen, "%s: %s", who,
+            cert != key ? "tls-cert and tls-key go together (the certificate chain and its key)"
+                        : "tls-client-ca (mutual TLS) needs tls-cert and tls-key");
+    return -1;
+  }
+  if (!c->allow_insecure_remote && !cert && !orthod_listen_is_loopback(c->listen)) {
     char who[256];
     const config_key_t *kl = find_key("listen", 6);
     origin_t o = {(orthod_config_source_t)c->source_[key_index(kl)], "", 0};

@@ -21,7 +21,7 @@
 #define ORTHOD_PROTOCOL_VERSION 1
 #define ORTHOD_VERSION_STRING "0.1.0" /* keep equal to project(VERSION) in CMakeLists.txt */
 #define ORTHOD_CONFIG_PATH_MAX 1024
-#define ORTHOD_CONFIG_KEYS_MAX 32 /* room for the table's keys (see config.c) */
+#define ORTHOD_CONFIG_KEYS_MAX 40 /* room for the table's keys (see config.c) */
 
 /* Where a key's value came from, lowest precedence first. */
 typedef enum {
@@ -47,6 +47,10 @@ typedef struct orthod_server_config {
   uint32_t keepalive_time_ms;    /* --keepalive-time-ms: server pings an idle connection, 60000 */
   uint32_t keepalive_timeout_ms; /* --keepalive-timeout-ms: ping ack wait, 20000 */
   uint32_t keepalive_permit_ms;  /* --keepalive-permit-ms: min interval of client pings, 10000 */
+  char tls_cert[ORTHOD_CONFIG_PATH_MAX];      /* --tls-cert: PEM chain, "" = plaintext */
+  char tls_key[ORTHOD_CONFIG_PATH_MAX];       /* --tls-key: its PEM key */
+  char tls_client_ca[ORTHOD_CONFIG_PATH_MAX]; /* --tls-client-ca: mutual TLS, "" = off */
+  char auth_tokens[ORTHOD_CONFIG_PATH_MAX];   /* --auth-tokens: token file, "" = no auth */
   char metrics_listen[256];      /* --metrics-listen host:port of the HTTP metrics endpoint, "" off */
   /* device */
   char backend[16];              /* --backend auto|cpu|cuda, default auto */

@@ -17,6 +17,7 @@
 
 #include "config.h"
 #include "device.h"
+#include "auth.h"
 #include "health.h"
 #include "metrics.h"
 #include "orthod/log.h"
@@ -36,6 +37,8 @@ typedef struct app {
   orthod_service_t *svc;
   orthod_health_t *health;
   orthod_metrics_t *metrics; /* NULL until created */
+  orthod_auth_t *auth;       /* --auth-tokens, or NULL */
+  char *tls_cert, *tls_key, *tls_ca; /* PEM text until the gRPC server has its copy */
   orthod_rpc_server_t *rpc;
   uv_signal_t sig_int, sig_term;
   uv_timer_t drain_timer;  /* drain_timeout_ms → cancel all; then the stuck guard */
@@ -82,6 +85,36 @@ static int mkdir_p(const char *dir, char *err, size_t errlen) {
   return 0;
 }
 
+/* The whole of a small text file (PEM), NUL-terminated; NULL with err filled. */
+static char *read_text(const char *key, const char *path, char *err, size_t errlen) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) {
+    snprintf(err, errlen, "%s %s: %s", key, path, strerror(errno));
+    return NULL;
+  }
+  size_t cap = 1 << 20;
+  char *text = malloc(cap);
+  size_t n = text ? fread(text, 1, cap - 1, f) : 0;
+  bool big = text && n == cap - 1;
+  fclose(f);
+  if (text == NULL || big || n == 0) {
+    snprintf(err, errlen, "%s %s: %s", key, path, text == NULL ? "out of memory"
+                                                   : big ? "larger than 1 MiB" : "empty file");
+    free(text);
+    return NULL;
+  }
+  text[n] = '\0';
+  return text;
+}
+
+static void free_tls(app_t *app) {
+  if (app->tls_key != NULL) memset(app->tls_key, 0, strlen(app->tls_key)); /* a secret */
+  free(app->tls_cert);
+  free(app->tls_key);
+  free(app->tls_ca);
+  app->tls_cert = app->tls_key = app->tls_ca = NULL;
+}
+
 static void close_handles(app_t *app) {
   if (!app->handles_open) return;
   app->handles_open = false;
@@ -109,6 +142,8 @@ static void on_device_stopped(void *arg) {
   orthod_metrics_set_gauges(app->metrics, NULL, NULL);
   if (app->svc) orthod_service_destroy(app->svc);
   app->svc = NULL;
+  orthod_auth_destroy(app->auth); /* after the service: it borrowed the tokens */
+  app->auth = NULL;
   orthod_health_destroy(app->health);
   app->health = NULL;
   if (app->metrics) orthod_metrics_close(app->metrics, on_metrics_closed, app);
@@ -187,6 +222,7 @@ static void on_signal(uv_signal_t *h, int signum) {
 
 /* A start failure after the device exists: stop it, let the loop free the rest, exit 1. */
 static int fail_after_device(app_t *app) {
+  free_tls(app);
   orthod_device_stop(app->dev, on_device_stopped, app);
   uv_run(app->loop, UV_RUN_DEFAULT);
   uv_loop_close(app->loop);
@@ -207,7 +243,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   orthod_server_log_install(app.cfg.log_level, app.cfg.log_format);
-  if (!app.cfg.allow_insecure_remote && !orthod_listen_is_loopback(app.cfg.listen)) {
+  if (!app.cfg.allow_insecure_remote && app.cfg.tls_cert[0] == '\0' &&
+      !orthod_listen_is_loopback(app.cfg.listen)) {
     fprintf(stderr, "orthod: --listen %s is not a loopback address and the connection is not "
             "encrypted; pass --allow-insecure-remote to serve it anyway\n", app.cfg.listen);
     return 2;
@@ -219,6 +256,26 @@ int main(int argc, char **argv) {
   ORTHOD_LOG(ORTHOD_LOG_INFO, "orthod %s (protocol %d) starting, pid %ld", ORTHOD_VERSION_STRING,
              ORTHOD_PROTOCOL_VERSION, (long)getpid());
   orthod_server_config_log(&app.cfg);
+  if (app.cfg.tls_cert[0] != '\0') {
+    app.tls_cert = read_text("tls-cert", app.cfg.tls_cert, err, sizeof err);
+    app.tls_key = app.tls_cert ? read_text("tls-key", app.cfg.tls_key, err, sizeof err) : NULL;
+    if (app.tls_key != NULL && app.cfg.tls_client_ca[0] != '\0')
+      app.tls_ca = read_text("tls-client-ca", app.cfg.tls_client_ca, err, sizeof err);
+    if (app.tls_key == NULL || (app.cfg.tls_client_ca[0] != '\0' && app.tls_ca == NULL)) {
+      ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
+      free_tls(&app);
+      return 1;
+    }
+  }
+  if (app.cfg.auth_tokens[0] != '\0') {
+    if (orthod_auth_load(app.cfg.auth_tokens, &app.auth, err, sizeof err) != 0) {
+      ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
+      free_tls(&app);
+      return 1;
+    }
+    ORTHOD_LOG(ORTHOD_LOG_INFO, "auth-tokens %s: %zu tokens; every Optimizer call needs one",
+               app.cfg.auth_tokens, orthod_auth_count(app.auth));
+  }
 
   app.loop = uv_default_loop();
   orthod_device_opts_t dopts = {
@@ -229,6 +286,8 @@ int main(int argc, char **argv) {
   };
   if (orthod_device_create(app.loop, &dopts, &app.dev, err, sizeof err) != 0) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
+    free_tls(&app);
+    orthod_auth_destroy(app.auth);
     uv_run(app.loop, UV_RUN_DEFAULT); /* the device's close callback frees its handle */
     uv_loop_close(app.loop);
     return 1;
@@ -250,6 +309,7 @@ int main(int argc, char **argv) {
     return fail_after_device(&app);
   }
   orthod_service_set_metrics(app.svc, app.metrics);
+  orthod_service_set_auth(app.svc, app.auth);
   if (app.cfg.metrics_listen[0] != '\0' &&
       orthod_metrics_listen(app.metrics, app.loop, app.cfg.metrics_listen, err, sizeof err) != 0) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
@@ -285,10 +345,14 @@ int main(int argc, char **argv) {
       .keepalive_time_ms = app.cfg.keepalive_time_ms,
       .keepalive_timeout_ms = app.cfg.keepalive_timeout_ms,
       .keepalive_permit_ms = app.cfg.keepalive_permit_ms,
+      .tls_cert_pem = app.tls_cert,
+      .tls_key_pem = app.tls_key,
+      .tls_client_ca_pem = app.tls_ca,
   };
   int rc = orthod_rpc_server_create(app.loop, &ropts, methods, n_svc + n_health, &app.rpc, err,
                                     sizeof err);
   free(methods);
+  free_tls(&app); /* gRPC keeps its own copy */
   if (rc != 0) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
     return fail_after_device(&app);

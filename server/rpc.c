@@ -635,7 +635,21 @@ int orthod_rpc_server_create(uv_loop_t *loop, const orthod_rpc_options_t *opts,
     srv->n_methods++;
   }
 
-  grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
+  grpc_server_credentials *creds;
+  if (opts->tls_cert_pem != NULL) {
+    grpc_ssl_pem_key_cert_pair pair = {opts->tls_key_pem, opts->tls_cert_pem};
+    creds = grpc_ssl_server_credentials_create_ex(
+        opts->tls_client_ca_pem, &pair, 1,
+        opts->tls_client_ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                                : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+    if (creds == NULL) {
+      snprintf(err, errlen, "TLS: the certificate, key or client CA was refused");
+      goto fail;
+    }
+  } else {
+    creds = grpc_insecure_server_credentials_create();
+  }
   srv->port = grpc_server_add_http2_port(srv->server, opts->listen, creds);
   grpc_server_credentials_release(creds);
   if (srv->port <= 0) {

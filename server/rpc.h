@@ -60,6 +60,10 @@ typedef struct orthod_rpc_options {
                                     GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS = 1 and
                                     GRPC_ARG_HTTP2_MAX_PING_STRIKES = 0 so that long-lived Step
                                     streams are never cut by GOAWAY(too_many_pings) */
+  /* TLS: with tls_cert_pem and tls_key_pem (PEM text) the port serves TLS only; with
+   * tls_client_ca_pem too, clients must present a certificate that CA signed (mutual TLS).
+   * NULL: plaintext. */
+  const char *tls_cert_pem, *tls_key_pem, *tls_client_ca_pem;
 } orthod_rpc_options_t;
 
 /* Create the server, register the methods (copied; method_data pointers borrowed), bind.

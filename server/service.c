@@ -71,6 +71,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "auth.h"
 #include "chunks.h"
 #include "metrics.h"
 #include "orthod/checkpoint.h"
@@ -177,6 +178,7 @@ static const char *const request_names[M_COUNT] = {
 struct ctx {
   orthod_service_t *svc;
   orthod_call_t *call; /* NULL after on_done */
+  const orthod_token_t *token; /* with --auth-tokens: the call's token (checked at its start) */
   int refs;
   int method;
   bool over;        /* finished (by us or the peer): nothing more is sent */
@@ -222,6 +224,7 @@ struct orthod_service {
   uint8_t *scratch;   /* one chunk converted for sending */
   size_t scratch_len;
   orthod_metrics_t *metrics; /* may be NULL */
+  const orthod_auth_t *auth; /* --auth-tokens; NULL: every call may do everything */
   /* checkpoints */
   char state_dir[ORTHOD_CHECKPOINT_PATH_MAX]; /* --state-dir made absolute (file names in logs
                                                  and replies do not depend on the cwd) */
@@ -361,6 +364,27 @@ static void ctx_fail_err(ctx_t *ctx, orthod_err_t err, const char *detail) {
 static void ctx_oom(ctx_t *ctx) {
   ctx_fail(ctx, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of host memory handling %s",
            method_names[ctx->method]);
+}
+
+static const char *access_name(orthod_access_t a) {
+  return a == ORTHOD_ACCESS_ADMIN ? "admin" : a == ORTHOD_ACCESS_WRITE ? "write" : "read";
+}
+
+/* With --auth-tokens: may this call read (or write) parameter `name`? If not, the call fails
+ * with PERMISSION_DENIED. Checked before the name is looked up, so that a token cannot learn
+ * which names outside its prefixes exist. */
+static bool permitted(ctx_t *ctx, const char *name, orthod_access_t need) {
+  if (ctx->svc->auth == NULL || orthod_token_allows(ctx->token, name, need)) return true;
+  ctx_fail(ctx, GRPC_STATUS_PERMISSION_DENIED,
+           "token '%s' (%s access to names %s) may not %s '%s'", orthod_token_name(ctx->token),
+           access_name(orthod_token_access(ctx->token)), orthod_token_prefixes(ctx->token),
+           need == ORTHOD_ACCESS_READ ? "read" : "write", name);
+  return false;
+}
+
+/* List and Pull of everything: only what the token may read. */
+static bool readable(const ctx_t *ctx, const char *name) {
+  return ctx->svc->auth == NULL || orthod_token_allows(ctx->token, name, ORTHOD_ACCESS_READ);
 }
 
 static void ctx_reply(ctx_t *ctx, const ProtobufCMessage *msg) {
@@ -814,6 +838,7 @@ static void handle_register(ctx_t *ctx, const uint8_t *data, size_t len) {
     goto out;
   }
   const char *name = s->name;
+  if (!permitted(ctx, name, ORTHOD_ACCESS_WRITE)) goto out;
   if (orthod_wire_shape(s->shape, s->n_shape, svc->cfg->max_tensor_elements, &p->shape, err,
                         sizeof err) != 0) {
     ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "parameter '%s': %s", name, err);
@@ -1065,6 +1090,7 @@ static void handle_upload(ctx_t *ctx, const uint8_t *data, size_t len) {
   if (req->chunk != NULL) orthod_metrics_bytes_received(svc->metrics, req->chunk->data.len);
   char err[MSG_MAX];
   upl_t *u = NULL;
+  if (!permitted(ctx, req->name, ORTHOD_ACCESS_WRITE)) goto out;
   for (size_t i = 0; i < ctx->n_upl; i++)
     if (strcmp(ctx->upl[i].p->name, req->name) == 0) u = &ctx->upl[i];
   if (u == NULL) {
@@ -1564,6 +1590,7 @@ static void handle_step(ctx_t *ctx, const uint8_t *data, size_t len) {
   }
   if (req->chunk != NULL) orthod_metrics_bytes_received(svc->metrics, req->chunk->data.len);
   char err[MSG_MAX];
+  if (!permitted(ctx, req->name, ORTHOD_ACCESS_WRITE)) goto out;
   param_t *p = registry_live(svc, req->name);
   if (p == NULL) {
     ctx_fail(ctx, GRPC_STATUS_NOT_FOUND, "parameter '%s' is not registered", req->name);
@@ -1760,6 +1787,7 @@ static void handle_pull(ctx_t *ctx, const uint8_t *data, size_t len) {
   }
   if (req->n_names) {
     for (size_t i = 0; i < req->n_names; i++) {
+      if (!permitted(ctx, req->names[i], ORTHOD_ACCESS_READ)) goto out;
       param_t *p = registry_live(svc, req->names[i]);
       if (p == NULL) {
         ctx_fail(ctx, GRPC_STATUS_NOT_FOUND, "parameter '%s' is not registered", req->names[i]);
@@ -1770,7 +1798,7 @@ static void handle_pull(ctx_t *ctx, const uint8_t *data, size_t len) {
     }
   } else {
     for (size_t i = 0; i < svc->n_params; i++)
-      if (svc->params[i]->live) {
+      if (svc->params[i]->live && readable(ctx, svc->params[i]->name)) {
         ctx->pull[ctx->n_pull++] = svc->params[i];
         svc->params[i]->refs++;
       }
@@ -1795,7 +1823,7 @@ static void handle_list(ctx_t *ctx, const uint8_t *data, size_t len) {
   bool ok = bs != NULL && ip != NULL;
   for (size_t i = 0; ok && i < svc->n_params; i++) {
     param_t *p = svc->params[i];
-    if (!p->live || strncmp(p->name, req->prefix, plen) != 0) continue;
+    if (!p->live || strncmp(p->name, req->prefix, plen) != 0 || !readable(ctx, p->name)) continue;
     ok = info_build(p, &p->cfg, &bs[n]) == 0;
     ip[n] = &bs[n].info;
     n++;
@@ -1822,9 +1850,14 @@ static void handle_describe(ctx_t *ctx, const uint8_t *data, size_t len) {
     ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "malformed DescribeRequest message");
     return;
   }
-  param_t *p = registry_live(ctx->svc, req->name);
-  if (p == NULL) ctx_fail(ctx, GRPC_STATUS_NOT_FOUND, "parameter '%s' is not registered", req->name);
-  else reply_info(ctx, p);
+  param_t *p = permitted(ctx, req->name, ORTHOD_ACCESS_READ) ? registry_live(ctx->svc, req->name)
+                                                              : NULL;
+  if (ctx->over) { /* refused */
+  } else if (p == NULL) {
+    ctx_fail(ctx, GRPC_STATUS_NOT_FOUND, "parameter '%s' is not registered", req->name);
+  } else {
+    reply_info(ctx, p);
+  }
   orthod__v1__describe_request__free_unpacked(req, NULL);
 }
 
@@ -1861,6 +1894,10 @@ static void handle_drop(ctx_t *ctx, const uint8_t *data, size_t len) {
   Orthod__V1__DropRequest *req = orthod__v1__drop_request__unpack(NULL, len, data);
   if (req == NULL) {
     ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "malformed DropRequest message");
+    return;
+  }
+  if (!permitted(ctx, req->name, ORTHOD_ACCESS_WRITE)) {
+    orthod__v1__drop_request__free_unpacked(req, NULL);
     return;
   }
   param_t *p = registry_live(svc, req->name);
@@ -1945,6 +1982,7 @@ static void handle_setconfig(ctx_t *ctx, const uint8_t *data, size_t len) {
     ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "malformed SetConfigRequest message");
     return;
   }
+  if (!permitted(ctx, req->name, ORTHOD_ACCESS_WRITE)) goto out;
   param_t *p = registry_live(svc, req->name);
   if (p == NULL) {
     ctx_fail(ctx, GRPC_STATUS_NOT_FOUND, "parameter '%s' is not registered", req->name);
@@ -2320,6 +2358,23 @@ static int method_index(const orthod_call_t *call) {
   return -1;
 }
 
+/* With --auth-tokens, every Optimizer call needs a known bearer token; Checkpoint needs an admin
+ * token. The token is never logged or echoed. */
+static void authenticate(ctx_t *ctx, const char *authorization) {
+  ctx->token = orthod_auth_check(ctx->svc->auth, authorization);
+  if (ctx->token == NULL)
+    ctx_fail(ctx, GRPC_STATUS_UNAUTHENTICATED, "%s",
+             authorization == NULL ? "this daemon needs a bearer token (metadata authorization: "
+                                     "Bearer TOKEN)"
+             : strncasecmp(authorization, "bearer ", 7) != 0
+                 ? "the authorization metadata is not a bearer token (expected Bearer TOKEN)"
+                 : "unknown bearer token");
+  else if (ctx->method == M_CHECKPOINT && orthod_token_access(ctx->token) != ORTHOD_ACCESS_ADMIN)
+    ctx_fail(ctx, GRPC_STATUS_PERMISSION_DENIED, "token '%s' (%s access) may not write "
+             "checkpoints: that needs an admin token", orthod_token_name(ctx->token),
+             access_name(orthod_token_access(ctx->token)));
+}
+
 static void on_start(orthod_call_t *call) {
   const orthod_method_t *m = orthod_call_method(call);
   orthod_service_t *svc = m->method_data;
@@ -2347,6 +2402,8 @@ static void on_start(orthod_call_t *call) {
              ORTHOD_PROTOCOL_VERSION);
   else if (svc->draining)
     ctx_fail(ctx, GRPC_STATUS_UNAVAILABLE, "orthod is shutting down");
+  else if (svc->auth != NULL)
+    authenticate(ctx, orthod_call_metadata(call, "authorization"));
 }
 
 static void on_message(orthod_call_t *call, const uint8_t *data, size_t len) {
@@ -2476,6 +2533,10 @@ static void service_gauges(void *arg, orthod_metrics_gauges_t *g) {
   for (size_t i = 0; i < svc->n_params; i++) g->parameters += svc->params[i]->live;
   g->device_bytes = svc->bytes_used;
   g->device_bytes_limit = svc->cfg->memory_limit;
+}
+
+void orthod_service_set_auth(orthod_service_t *svc, const orthod_auth_t *auth) {
+  svc->auth = auth;
 }
 
 void orthod_service_set_metrics(orthod_service_t *svc, orthod_metrics_t *m) {

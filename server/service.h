@@ -9,6 +9,7 @@
 #include <stddef.h>
 #include <uv.h>
 
+#include "auth.h"
 #include "config.h"
 #include "device.h"
 #include "metrics.h"
@@ -19,6 +20,10 @@ typedef struct orthod_service orthod_service_t;
 /* cfg and dev are borrowed and outlive the service. */
 int orthod_service_create(uv_loop_t *loop, orthod_device_t *dev, const orthod_server_config_t *cfg,
                           orthod_service_t **out);
+
+/* Check bearer tokens against auth (borrowed, outlives svc; NULL: no authorization) on every
+ * call of the Optimizer service (docs/OPERATIONS.md, Security). */
+void orthod_service_set_auth(orthod_service_t *svc, const orthod_auth_t *auth);
 
 /* Count into m (borrowed; NULL: no metrics) and report the registry's gauges to it. */
 void orthod_service_set_metrics(orthod_service_t *svc, orthod_metrics_t *m);

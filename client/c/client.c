@@ -7,6 +7,7 @@
 #include <grpc/grpc_security.h>
 #include <grpc/slice.h>
 #include <grpc/support/time.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,35 +156,144 @@ void orthod_client_options_init(orthod_client_options_t *opts) {
   opts->keepalive_timeout_ms = 20000;
 }
 
+/* Why the last create on this thread failed: there is no client yet to hold the text. */
+static _Thread_local char create_err[ORTHOD__ERR_LEN];
+
+const char *orthod_client_create_error(void) { return create_err; }
+
+char *orthod__cl_create_err(void) { return create_err; }
+
+/* A PEM file larger than this is not a certificate, a key or any sane CA bundle (the Mozilla set
+ * is about 200 KiB): refuse it rather than read a wrong path (a device, a data file) to its end. */
+#define PEM_MAX ((size_t)16 << 20)
+
+/* Read the PEM file `path` of option `what` into a new NUL-terminated string (*out). */
+static int read_pem(const char *what, const char *path, char **out) {
+  *out = NULL;
+  FILE *f = fopen(path, "rb");
+  if (f == NULL)
+    return orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT, "cannot read %s '%s': %s",
+                           what, path, strerror(errno));
+  size_t n = 0, cap = 4096;
+  char *buf = malloc(cap);
+  int rc = buf ? 0 : orthod__cl_fail(create_err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+  while (rc == 0) {
+    if (n + 1 == cap) { /* full: the last byte is kept for the NUL */
+      char *more = cap >= PEM_MAX ? NULL : realloc(buf, cap * 2);
+      if (more == NULL) {
+        rc = cap >= PEM_MAX
+                 ? orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT,
+                                   "%s '%s' is larger than %zu MiB: not a PEM file", what, path,
+                                   PEM_MAX >> 20)
+                 : orthod__cl_fail(create_err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+        break;
+      }
+      buf = more;
+      cap *= 2;
+    }
+    size_t got = fread(buf + n, 1, cap - 1 - n, f);
+    if (got == 0) break;
+    n += got;
+  }
+  if (rc == 0 && ferror(f)) {
+    /* fopen of a directory succeeds; its read fails here with EISDIR */
+    rc = orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT, "cannot read %s '%s': %s",
+                         what, path, strerror(errno));
+  } else if (rc == 0) {
+    buf[n] = '\0';
+    /* A DER file or the wrong file would otherwise only fail at the first call, as an opaque
+     * handshake error (strstr also stops at the NUL bytes of binary data). */
+    if (strstr(buf, "-----BEGIN ") == NULL)
+      rc = orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT,
+                           "%s '%s' holds no PEM block (-----BEGIN ...)", what, path);
+  }
+  fclose(f);
+  if (rc != 0) free(buf);
+  else *out = buf;
+  return rc;
+}
+
+/* The channel credentials the options ask for: insecure, or TLS with the files read. */
+static int make_creds(const orthod_client_options_t *o, grpc_channel_credentials **creds) {
+  *creds = NULL;
+  bool tls = o->tls || o->tls_ca_file != NULL || o->tls_cert_file != NULL ||
+             o->tls_key_file != NULL || o->tls_server_name != NULL;
+  if (!tls) {
+    *creds = grpc_insecure_credentials_create();
+    if (*creds == NULL)
+      return orthod__cl_fail(create_err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    return 0;
+  }
+  if ((o->tls_cert_file == NULL) != (o->tls_key_file == NULL))
+    return orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT,
+                           "tls_cert_file and tls_key_file go together");
+  if (o->tls_server_name != NULL && o->tls_server_name[0] == '\0')
+    return orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT,
+                           "tls_server_name is empty (NULL: the host of the address)");
+  char *ca = NULL, *cert = NULL, *key = NULL;
+  int rc = 0;
+  if (o->tls_ca_file != NULL) rc = read_pem("tls_ca_file", o->tls_ca_file, &ca);
+  if (rc == 0 && o->tls_cert_file != NULL) rc = read_pem("tls_cert_file", o->tls_cert_file, &cert);
+  if (rc == 0 && o->tls_key_file != NULL) rc = read_pem("tls_key_file", o->tls_key_file, &key);
+  if (rc == 0) {
+    /* gRPC copies the PEM strings (and checks them only at the handshake). */
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
+    *creds = grpc_ssl_credentials_create(ca, cert != NULL ? &pair : NULL, NULL, NULL);
+    if (*creds == NULL)
+      rc = orthod__cl_fail(create_err, GRPC_STATUS_INTERNAL, "cannot create TLS credentials");
+  }
+  free(ca);
+  free(cert);
+  free(key);
+  return rc;
+}
+
 int orthod_client_create(const char *address, const orthod_client_options_t *opts,
                          orthod_client_t **out) {
-  if (out == NULL) return GRPC_STATUS_INVALID_ARGUMENT;
+  create_err[0] = '\0';
+  if (out == NULL)
+    return orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT, "create: out is NULL");
   *out = NULL;
-  if (address == NULL || address[0] == '\0') return GRPC_STATUS_INVALID_ARGUMENT;
+  if (address == NULL || address[0] == '\0')
+    return orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT, "create: no address");
   orthod_client_t *c = calloc(1, sizeof *c);
-  if (c == NULL) return GRPC_STATUS_RESOURCE_EXHAUSTED;
+  if (c == NULL)
+    return orthod__cl_fail(create_err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   if (opts != NULL) c->opts = *opts;
   else orthod_client_options_init(&c->opts);
   if (c->opts.chunk_bytes < 4) c->opts.chunk_bytes = (size_t)1 << 20;
   if (c->opts.max_message_bytes == 0) c->opts.max_message_bytes = (size_t)64 << 20;
   if (c->opts.keepalive_time_ms != 0 && c->opts.keepalive_time_ms < 10000) {
     /* The daemon answers pings more frequent than its permit with GOAWAY(too_many_pings). */
+    orthod__cl_fail(create_err, GRPC_STATUS_INVALID_ARGUMENT,
+                    "keepalive_time_ms %u is below 10000, the daemon's ping permit",
+                    c->opts.keepalive_time_ms);
     free(c);
     return GRPC_STATUS_INVALID_ARGUMENT;
   }
+  int rc = GRPC_STATUS_RESOURCE_EXHAUSTED;
   if (c->opts.token != NULL) {
     c->token = strdup(c->opts.token);
     size_t n = strlen(c->opts.token) + sizeof "Bearer ";
     c->auth = malloc(n);
-    if (c->token == NULL || c->auth == NULL) goto fail;
+    if (c->token == NULL || c->auth == NULL) {
+      orthod__cl_fail(create_err, rc, "out of memory");
+      goto fail;
+    }
     snprintf(c->auth, n, "Bearer %s", c->token);
     c->opts.token = c->token;
   }
 
   grpc_init();
+  grpc_channel_credentials *creds;
+  rc = make_creds(&c->opts, &creds);
+  if (rc != 0) {
+    grpc_shutdown();
+    goto fail;
+  }
   int max_msg = c->opts.max_message_bytes > (size_t)INT32_MAX ? INT32_MAX
                                                                : (int)c->opts.max_message_bytes;
-  grpc_arg args[6];
+  grpc_arg args[8];
   size_t n_args = 0;
   args[n_args++] = (grpc_arg){.type = GRPC_ARG_INTEGER,
                               .key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH,
@@ -203,12 +313,19 @@ int orthod_client_create(const char *address, const orthod_client_options_t *opt
                                 .key = GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA,
                                 .value.integer = 0};
   }
+  if (c->opts.tls_server_name != NULL)
+    args[n_args++] = (grpc_arg){.type = GRPC_ARG_STRING, .key = GRPC_SSL_TARGET_NAME_OVERRIDE_ARG,
+                                .value.string = (char *)c->opts.tls_server_name};
   grpc_channel_args ch_args = {.num_args = n_args, .args = args};
-  grpc_channel_credentials *creds = grpc_insecure_credentials_create();
   c->channel = grpc_channel_create(address, creds, &ch_args);
   grpc_channel_credentials_release(creds);
+  /* Read above; the caller's strings need not outlive create. */
+  c->opts.tls_ca_file = c->opts.tls_cert_file = c->opts.tls_key_file = NULL;
+  c->opts.tls_server_name = NULL;
   if (c->channel == NULL) {
     grpc_shutdown();
+    rc = orthod__cl_fail(create_err, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                         "cannot create a channel for '%s'", address);
     goto fail;
   }
   c->err[0] = '\0';
@@ -219,7 +336,7 @@ fail:
   free(c->token);
   free(c->auth);
   free(c);
-  return GRPC_STATUS_RESOURCE_EXHAUSTED;
+  return rc;
 }
 
 void orthod_client_destroy(orthod_client_t *c) {

@@ -93,6 +93,10 @@ grpc_byte_buffer *orthod__cl_pack(const ProtobufCMessage *msg);
  * protobuf_c_message_free_unpacked. */
 ProtobufCMessage *orthod__cl_unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb);
 
+/* The calling thread's create error (orthod_client_create_error), ORTHOD__ERR_LEN bytes, for
+ * orthod_sharded_create to fill too. */
+char *orthod__cl_create_err(void);
+
 /* Write "CODE_NAME: message" into err (ORTHOD__ERR_LEN bytes); returns code. */
 int orthod__cl_fail(char *err, int code, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

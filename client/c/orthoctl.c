@@ -19,11 +19,17 @@
 
 #define EXIT_RPC 1
 #define EXIT_USAGE 2
+#define STATUS_INVALID_ARGUMENT 3 /* the gRPC code, as orthod/client.h returns it */
 
 typedef struct {
   const char *addr;
   int64_t timeout_ms;
   const char *token;
+  bool tls;                  /* --tls: TLS with gRPC's default roots */
+  const char *tls_ca;        /* --tls-ca / $ORTHOD_TLS_CA */
+  const char *tls_cert;      /* --tls-cert / $ORTHOD_TLS_CERT */
+  const char *tls_key;       /* --tls-key / $ORTHOD_TLS_KEY */
+  const char *tls_server_name; /* --tls-server-name */
   const char *const *shards; /* --shards: the addresses, in order (NULL: none) */
   size_t n_shards;
 } globals_t;
@@ -645,7 +651,8 @@ static const command_t commands[] = {
 static void print_usage(FILE *f) {
   fprintf(f,
           "usage: orthoctl [--addr HOST:PORT | --shards A,B,...] [--timeout MS] [--token TOKEN]\n"
-          "                COMMAND [ARGS]\n"
+          "                [--tls] [--tls-ca FILE] [--tls-cert FILE --tls-key FILE]\n"
+          "                [--tls-server-name NAME] COMMAND [ARGS]\n"
           "\n"
           "  --addr HOST:PORT  daemon address (default $ORTHOD_ADDR, else 127.0.0.1:50051)\n"
           "  --shards A,B,...  the daemons of a sharded client, in its order: describe, pull,\n"
@@ -653,6 +660,15 @@ static void print_usage(FILE *f) {
           "                    and bench run on each daemon in turn\n"
           "  --timeout MS      deadline per call in milliseconds (default 60000; 0: none)\n"
           "  --token TOKEN     bearer token (default $ORTHOD_TOKEN)\n"
+          "  --tls             connect with TLS, verifying the daemon with gRPC's default roots\n"
+          "                    (implied by every --tls-* option and $ORTHOD_TLS_*)\n"
+          "  --tls-ca FILE     PEM CA bundle that verifies the daemon (default $ORTHOD_TLS_CA)\n"
+          "  --tls-cert FILE   PEM client certificate chain for mutual TLS, with --tls-key\n"
+          "                    (default $ORTHOD_TLS_CERT)\n"
+          "  --tls-key FILE    PEM private key of --tls-cert (default $ORTHOD_TLS_KEY)\n"
+          "  --tls-server-name NAME\n"
+          "                    name to check in the daemon's certificate instead of the host of\n"
+          "                    the address\n"
           "\ncommands:\n");
   for (size_t i = 0; i < N_COMMANDS; i++)
     fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
@@ -702,12 +718,18 @@ static int run_on(const command_t *cmd, const globals_t *g, const char *addr, in
   orthod_client_options_init(&opts);
   if (g->timeout_ms >= 0) opts.deadline_ms = g->timeout_ms;
   opts.token = g->token;
+  opts.tls = g->tls;
+  opts.tls_ca_file = g->tls_ca;
+  opts.tls_cert_file = g->tls_cert;
+  opts.tls_key_file = g->tls_key;
+  opts.tls_server_name = g->tls_server_name;
   orthod_client_t *c = NULL;
   int rc = orthod_client_create(addr, &opts, &c);
   if (rc != 0) {
-    fprintf(stderr, "orthoctl: %s: cannot create a client for '%s'\n",
-            orthod_client_status_name(rc), addr);
-    return EXIT_RPC;
+    fprintf(stderr, "orthoctl: %s\n", orthod_client_create_error());
+    /* Bad options (an unreadable TLS file, a key without a certificate) are the caller's to
+     * fix, like a usage error; no daemon was contacted. */
+    return rc == STATUS_INVALID_ARGUMENT ? EXIT_USAGE : EXIT_RPC;
   }
   globals_t here = *g;
   here.addr = addr;
@@ -716,10 +738,31 @@ static int run_on(const command_t *cmd, const globals_t *g, const char *addr, in
   return rc;
 }
 
+/* $NAME, or NULL when unset or empty. */
+static const char *env_or_null(const char *name) {
+  const char *v = getenv(name);
+  return v != NULL && v[0] != '\0' ? v : NULL;
+}
+
+/* Whether argv[*i] is option `name` ("--name VALUE" or "--name=VALUE"); *value receives it. */
+static bool option_value(int argc, char **argv, int *i, const char *name, const char **value) {
+  size_t len = strlen(name);
+  if (strncmp(argv[*i], name, len) != 0) return false;
+  if (argv[*i][len] == '=') {
+    *value = argv[*i] + len + 1;
+    return true;
+  }
+  if (argv[*i][len] != '\0' || *i + 1 >= argc) return false;
+  *value = argv[++*i];
+  return true;
+}
+
 int main(int argc, char **argv) {
-  globals_t g = {.addr = getenv("ORTHOD_ADDR"), .timeout_ms = -1, .token = getenv("ORTHOD_TOKEN")};
-  if (g.addr == NULL || g.addr[0] == '\0') g.addr = "127.0.0.1:50051";
-  if (g.token != NULL && g.token[0] == '\0') g.token = NULL;
+  globals_t g = {.addr = env_or_null("ORTHOD_ADDR"), .timeout_ms = -1,
+                 .token = env_or_null("ORTHOD_TOKEN"), .tls_ca = env_or_null("ORTHOD_TLS_CA"),
+                 .tls_cert = env_or_null("ORTHOD_TLS_CERT"),
+                 .tls_key = env_or_null("ORTHOD_TLS_KEY")};
+  if (g.addr == NULL) g.addr = "127.0.0.1:50051";
   const char *shards_text = NULL;
   bool addr_given = false;
   int i = 1;
@@ -746,8 +789,13 @@ int main(int argc, char **argv) {
       if (*v == '\0' || *end != '\0' || errno != 0 || t < 0)
         return usage_error(NULL, "bad --timeout '%s' (milliseconds, >= 0)", v);
       g.timeout_ms = t;
-    } else if (strcmp(a, "--token") == 0 && i + 1 < argc) {
-      g.token = argv[++i];
+    } else if (option_value(argc, argv, &i, "--token", &g.token)) {
+    } else if (strcmp(a, "--tls") == 0) {
+      g.tls = true;
+    } else if (option_value(argc, argv, &i, "--tls-ca", &g.tls_ca) ||
+               option_value(argc, argv, &i, "--tls-cert", &g.tls_cert) ||
+               option_value(argc, argv, &i, "--tls-key", &g.tls_key) ||
+               option_value(argc, argv, &i, "--tls-server-name", &g.tls_server_name)) {
     } else {
       return usage_error(NULL, "unknown or incomplete option '%s'", a);
     }

@@ -115,36 +115,58 @@ size_t orthod_sharded_shard_of(const orthod_sharded_client_t *sc, const char *na
   return sc->ring[lo == total ? 0 : lo].shard;
 }
 
+static const char *strip_code(int rc, const char *msg);
+
 int orthod_sharded_create(const char *const *addresses, size_t n,
                           const orthod_client_options_t *opts, orthod_sharded_client_t **out) {
-  if (out == NULL) return GRPC_STATUS_INVALID_ARGUMENT;
+  /* No sharded client exists to hold an error yet: the texts go where orthod_client_create's
+   * go (orthod_client_create_error). */
+  char *err = orthod__cl_create_err();
+  err[0] = '\0';
+  if (out == NULL)
+    return orthod__cl_fail(err, GRPC_STATUS_INVALID_ARGUMENT, "sharded create: out is NULL");
   *out = NULL;
-  if (addresses == NULL || n == 0 || n > MAX_SHARDS) return GRPC_STATUS_INVALID_ARGUMENT;
+  if (addresses == NULL || n == 0 || n > MAX_SHARDS)
+    return orthod__cl_fail(err, GRPC_STATUS_INVALID_ARGUMENT,
+                           "sharded create: 1..%zu addresses are required", MAX_SHARDS);
   for (size_t i = 0; i < n; i++) {
-    if (addresses[i] == NULL || addresses[i][0] == '\0') return GRPC_STATUS_INVALID_ARGUMENT;
+    if (addresses[i] == NULL || addresses[i][0] == '\0')
+      return orthod__cl_fail(err, GRPC_STATUS_INVALID_ARGUMENT,
+                             "sharded create: address %zu is empty", i);
     /* The same address twice would own identical points; the lower index would win every
      * one of them and the other would be a shard that never gets a parameter. */
     for (size_t j = 0; j < i; j++)
-      if (strcmp(addresses[i], addresses[j]) == 0) return GRPC_STATUS_INVALID_ARGUMENT;
+      if (strcmp(addresses[i], addresses[j]) == 0)
+        return orthod__cl_fail(err, GRPC_STATUS_INVALID_ARGUMENT,
+                               "sharded create: address '%s' is given twice", addresses[i]);
   }
   orthod_sharded_client_t *sc = calloc(1, sizeof *sc);
-  if (sc == NULL) return GRPC_STATUS_RESOURCE_EXHAUSTED;
+  if (sc == NULL) return orthod__cl_fail(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
   sc->err_shard = SIZE_MAX;
   sc->addresses = calloc(n, sizeof *sc->addresses);
   sc->clients = calloc(n, sizeof *sc->clients);
   sc->streams = calloc(n, sizeof *sc->streams);
   sc->ring = calloc(n * ORTHOD_SHARD_REPLICAS, sizeof *sc->ring);
   int rc = GRPC_STATUS_RESOURCE_EXHAUSTED;
-  if (sc->addresses == NULL || sc->clients == NULL || sc->streams == NULL || sc->ring == NULL)
+  if (sc->addresses == NULL || sc->clients == NULL || sc->streams == NULL || sc->ring == NULL) {
+    orthod__cl_fail(err, rc, "out of memory");
     goto fail;
+  }
   sc->n = n; /* from here on destroy frees whatever was made */
   for (size_t i = 0; i < n; i++) {
     if ((sc->addresses[i] = strdup(addresses[i])) == NULL) {
-      rc = GRPC_STATUS_RESOURCE_EXHAUSTED;
+      rc = orthod__cl_fail(err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
       goto fail;
     }
+    /* Every shard gets the same options (TLS files are read once per shard). */
     rc = orthod_client_create(addresses[i], opts, &sc->clients[i]);
-    if (rc != 0) goto fail;
+    if (rc != 0) {
+      /* "CODE: shard i (address): message", like the errors of the calls */
+      char msg[ORTHOD__ERR_LEN];
+      snprintf(msg, sizeof msg, "%s", strip_code(rc, err));
+      orthod__cl_fail(err, rc, "shard %zu (%s): %s", i, addresses[i], msg);
+      goto fail;
+    }
     for (unsigned k = 0; k < ORTHOD_SHARD_REPLICAS; k++)
       sc->ring[i * ORTHOD_SHARD_REPLICAS + k] =
           (ring_entry_t){.point = ring_point(addresses[i], k), .shard = i};

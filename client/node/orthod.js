@@ -473,6 +473,77 @@ class StepStream {
 }
 
 // ---------------------------------------------------------------------------------------------
+// security: TLS credentials and the bearer token
+
+// A PEM file is a few KiB (a CA bundle some hundred): a larger one is the wrong file.
+const PEM_MAX = 16 << 20;
+
+/** PEM Buffer of a tls* option: a Buffer (or Uint8Array) is the PEM itself, a string names a
+ *  file. Checked here so that a wrong option fails at once, not as an opaque handshake error at
+ *  the first call. */
+function readPem(value, what) {
+  if (value === undefined || value === null) return null;
+  let data;
+  let where;
+  if (value instanceof Uint8Array) {
+    data = Buffer.from(value);
+    where = `${what} (Buffer)`;
+  } else if (typeof value === 'string') {
+    try {
+      if (fs.statSync(value).size > PEM_MAX) {
+        throw new RangeError(`${what} '${value}' is larger than ${PEM_MAX >> 20} MiB: not a ` +
+                             'PEM file');
+      }
+      data = fs.readFileSync(value);
+    } catch (e) {
+      if (e instanceof RangeError) throw e;
+      const err = new Error(`cannot read ${what} '${value}': ${e.message}`);
+      err.code = e.code;  // ENOENT, EACCES, EISDIR, ...
+      throw err;
+    }
+    where = `${what} '${value}'`;
+  } else {
+    throw new TypeError(`${what} must be a file path (string) or PEM Buffer`);
+  }
+  if (!data.includes('-----BEGIN ')) throw new RangeError(`${where} holds no PEM block`);
+  return data;
+}
+
+/** Channel credentials of the client options: options.credentials, TLS from the tls* options,
+ *  or insecure. */
+function channelCredentials(options) {
+  const tls = Boolean(options.tls) || [options.tlsCa, options.tlsCert, options.tlsKey,
+    options.tlsServerName].some((v) => v !== undefined && v !== null);
+  if (!tls) return options.credentials || grpc.credentials.createInsecure();
+  if (options.credentials) {
+    throw new TypeError('give either credentials or the tls* options, not both');
+  }
+  const hasCert = options.tlsCert !== undefined && options.tlsCert !== null;
+  const hasKey = options.tlsKey !== undefined && options.tlsKey !== null;
+  if (hasCert !== hasKey) {
+    throw new TypeError('tlsCert and tlsKey go together (a client certificate and its key)');
+  }
+  const name = options.tlsServerName;
+  if (name !== undefined && name !== null && (typeof name !== 'string' || name === '')) {
+    throw new TypeError('tlsServerName must be a non-empty string');
+  }
+  return grpc.credentials.createSsl(readPem(options.tlsCa, 'tlsCa'),
+                                    readPem(options.tlsKey, 'tlsKey'),
+                                    readPem(options.tlsCert, 'tlsCert'));
+}
+
+/** "Bearer <token>" for options.token, null without one (undefined, null or ''). */
+function bearer(token) {
+  if (token === undefined || token === null || token === '') return null;
+  if (typeof token !== 'string') throw new TypeError('token must be a string');
+  // grpc-js would refuse other characters in a header value at every call instead
+  if (!/^[\x20-\x7e]*$/.test(token)) {
+    throw new TypeError('token must be printable ASCII (an HTTP/2 header value)');
+  }
+  return `Bearer ${token}`;
+}
+
+// ---------------------------------------------------------------------------------------------
 // the client
 
 /** new Client(address = "127.0.0.1:50051", options)
@@ -480,7 +551,14 @@ class StepStream {
  *  maxMessageBytes (channel send/receive limit, 64 MiB), retries (4) and backoffMs (100):
  *  exponential-backoff retries on UNAVAILABLE for idempotent calls (register, describe, list,
  *  pull, setConfig, checkpoint, health); credentials (grpc.credentials, default insecure);
- *  channelOptions (extra grpc-js channel options); protoDir (see loadProtos). */
+ *  channelOptions (extra grpc-js channel options); protoDir (see loadProtos).
+ *  Security: token (sent as "authorization: Bearer <token>" on every orthod.v1.Optimizer call,
+ *  not on health checks); tls (true: TLS with the default roots); tlsCa (the CA that verifies
+ *  the daemon), tlsCert and tlsKey (both or neither: the client certificate and key for mutual
+ *  TLS), each a file path or a Buffer holding the PEM, any of them implying TLS; tlsServerName
+ *  (the name checked in the daemon's certificate instead of the address's host). Files are read
+ *  in the constructor: problems throw there (Error with .code for a file, TypeError/RangeError
+ *  for bad options); TLS failures with the daemon reject calls with UNAVAILABLE. */
 class Client {
   constructor(address = DEFAULT_ADDRESS, options = {}) {
     const protos = loadProtos(options.protoDir);
@@ -490,6 +568,8 @@ class Client {
     this.retries = options.retries !== undefined ? options.retries : 4;
     this.backoffMs = options.backoffMs !== undefined ? options.backoffMs : 100;
     const maxMsg = options.maxMessageBytes || (64 << 20);
+    this._auth = bearer(options.token);
+    const creds = channelCredentials(options);
     const channelOptions = {
       'grpc.max_receive_message_length': maxMsg,
       'grpc.max_send_message_length': maxMsg,
@@ -498,9 +578,10 @@ class Client {
       'grpc.keepalive_timeout_ms': 20000,
       'grpc.keepalive_permit_without_calls': 1,
       'grpc.http2.max_pings_without_data': 0,
+      ...(options.tlsServerName ? { 'grpc.ssl_target_name_override': options.tlsServerName }
+        : {}),
       ...(options.channelOptions || {}),
     };
-    const creds = options.credentials || grpc.credentials.createInsecure();
     this._stub = new protos.Optimizer(address, creds, channelOptions);
     // the health stub shares the channel of the optimizer stub
     this._health = new protos.Health(address, creds, { ...channelOptions,
@@ -508,9 +589,12 @@ class Client {
     this._stepStream = null;
   }
 
-  _metadata() {
+  /** Metadata of a call: the protocol version, and the token unless withAuth is false (health
+   *  checks, which the daemon answers without one). */
+  _metadata(withAuth = true) {
     const md = new grpc.Metadata();
     md.set(VERSION_KEY, PROTOCOL_VERSION);
+    if (withAuth && this._auth) md.set('authorization', this._auth);
     return md;
   }
 
@@ -535,7 +619,7 @@ class Client {
 
   _unary(stub, method, req) {
     return new Promise((resolve, reject) => {
-      stub[method](req, this._metadata(), this._deadline(), (err, res) => {
+      stub[method](req, this._metadata(stub !== this._health), this._deadline(), (err, res) => {
         if (err) reject(wrapError(err)); else resolve(res);
       });
     });

@@ -9,6 +9,7 @@ others (Upload, Step, Drop) never are, since the first attempt may have been app
 """
 
 import math
+import os
 import queue
 import threading
 import time
@@ -22,6 +23,9 @@ from ._proto import METADATA, PROTOCOL_VERSION, health_modules, pb, pb_grpc
 from .errors import OrthodError
 
 __all__ = ["Client", "PROTOCOL_VERSION", "option_text", "to_numpy"]
+
+# A PEM file is a few KiB (a CA bundle some hundred): a larger one is the wrong file.
+_PEM_MAX = 16 << 20
 
 SC = grpc.StatusCode
 _SYNC_MODES = {"": 0, "unspecified": 0, "sync": 1, "async": 2}
@@ -92,18 +96,76 @@ def _info(pi, created=None) -> dict:
     }
 
 
+def _pem(value, what: str) -> Optional[bytes]:
+    """PEM bytes of a tls_* argument: bytes are the PEM itself, a str or PathLike names a file.
+    Checked here so that a wrong argument fails at once, not as an opaque handshake error at the
+    first call."""
+    if value is None:
+        return None
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        where = "%s (bytes)" % what
+    elif isinstance(value, (str, os.PathLike)):
+        path = os.fspath(value)
+        try:
+            with open(path, "rb") as f:
+                data = f.read(_PEM_MAX + 1)
+        except OSError as e:
+            # OSError(errno, ...) builds the matching subclass (FileNotFoundError, ...)
+            raise OSError(e.errno, "cannot read %s: %s" % (what, e.strerror), path) from None
+        if len(data) > _PEM_MAX:
+            raise ValueError("%s %r is larger than %d MiB: not a PEM file" % (
+                what, path, _PEM_MAX >> 20))
+        where = "%s %r" % (what, path)
+    else:
+        raise TypeError("%s must be a file path (str or os.PathLike) or PEM bytes, not %s" % (
+            what, type(value).__name__))
+    if b"-----BEGIN " not in data:
+        raise ValueError("%s holds no PEM block (-----BEGIN ...)" % where)
+    return data
+
+
+def _credentials(tls: bool, tls_ca, tls_cert, tls_key, tls_server_name):
+    """grpc.ChannelCredentials for the tls arguments, or None for an insecure channel."""
+    if not (tls or tls_ca is not None or tls_cert is not None or tls_key is not None
+            or tls_server_name is not None):
+        return None
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("tls_cert and tls_key go together (a client certificate and its key)")
+    if tls_server_name is not None and (not isinstance(tls_server_name, str)
+                                        or not tls_server_name):
+        raise ValueError("tls_server_name must be a non-empty str (None: the host of the "
+                         "address)")
+    return grpc.ssl_channel_credentials(root_certificates=_pem(tls_ca, "tls_ca"),
+                                        private_key=_pem(tls_key, "tls_key"),
+                                        certificate_chain=_pem(tls_cert, "tls_cert"))
+
+
+def _auth_metadata(token) -> tuple:
+    """The metadata of every orthod.v1.Optimizer call: the protocol version, and the bearer
+    token when there is one (None or "": none)."""
+    if token is None or token == "":
+        return METADATA
+    if not isinstance(token, str):
+        raise TypeError("token must be a str, not %s" % type(token).__name__)
+    # gRPC refuses other characters in a header value only when the call is made, as INTERNAL
+    if any(not 0x20 <= ord(ch) <= 0x7e for ch in token):
+        raise ValueError("token must be printable ASCII (an HTTP/2 header value)")
+    return METADATA + (("authorization", "Bearer " + token),)
+
+
 class _StepStream:
     """One bidirectional Step call: requests from a queue, responses read by a thread into
     another queue (so that a wait can time out and replies arrive while gradients still go out)."""
 
-    def __init__(self, stub):
+    def __init__(self, stub, metadata):
         self._requests = queue.Queue()
         self.responses = queue.Queue()
         self.ended = threading.Event()
         self.final = None  # grpc.RpcError the call ended with (None: OK or still open)
         self.no_reply_pending = False  # a push without reply was sent and not confirmed since
         self.last_step = {}  # (name, rank) -> the last step pushed on this stream
-        self.call = stub.Step(self._gen(), metadata=METADATA)
+        self.call = stub.Step(self._gen(), metadata=metadata)
         threading.Thread(target=self._read, name="orthod-step-reader", daemon=True).start()
 
     def _gen(self):
@@ -155,11 +217,25 @@ class Client(_Closing):
     the daemon's ``--chunk-bytes``). ``retries``/``backoff``: idempotent calls that fail with
     ``UNAVAILABLE`` are tried again up to ``retries`` times, after ``backoff * 2**k`` seconds.
     ``max_message_bytes``: the channel's send and receive limit. ``channel_options``: more gRPC
-    channel arguments. Use it from one thread at a time (the Step stream is shared)."""
+    channel arguments. Use it from one thread at a time (the Step stream is shared).
+
+    Security (a daemon started with ``--tls-cert`` / ``--tls-client-ca`` / ``--auth-tokens``):
+    ``token``: sent as ``authorization: Bearer <token>`` on every orthod.v1.Optimizer call (not
+    on health checks); None or "": none. ``tls=True``: TLS, verifying the daemon against gRPC's
+    default roots. ``tls_ca``: the CA that verifies the daemon; ``tls_cert`` and ``tls_key``
+    (both or neither): this client's certificate chain and key, for mutual TLS. Each is a file
+    path (str or os.PathLike) or the PEM itself as bytes; giving any of them implies TLS.
+    ``tls_server_name``: the name to check in the daemon's certificate instead of the host of
+    ``address`` (e.g. when connecting by IP). Files are read here: an unreadable one raises
+    OSError, a non-PEM one or a certificate without its key ValueError, before any connection.
+    TLS failures with the daemon (untrusted certificate, name mismatch, a refused or missing
+    client certificate) and a TLS client facing a plaintext daemon show as UNAVAILABLE."""
 
     def __init__(self, address: str = "127.0.0.1:50051", *, timeout: float = 60.0,
                  chunk_bytes: int = 1 << 20, retries: int = 4, backoff: float = 0.1,
-                 max_message_bytes: int = 64 << 20, channel_options: Sequence = ()):
+                 max_message_bytes: int = 64 << 20, channel_options: Sequence = (),
+                 token: Optional[str] = None, tls: bool = False, tls_ca=None, tls_cert=None,
+                 tls_key=None, tls_server_name: Optional[str] = None):
         if chunk_bytes < 4:
             raise ValueError("chunk_bytes must be at least 4 (one fp32 element)")
         if chunk_bytes + 1024 > max_message_bytes:
@@ -170,6 +246,9 @@ class Client(_Closing):
         self.chunk_bytes = int(chunk_bytes)
         self.retries = int(retries)
         self.backoff = float(backoff)
+        self._metadata = _auth_metadata(token)
+        creds = _credentials(tls, tls_ca, tls_cert, tls_key, tls_server_name)
+        self.tls = creds is not None
         options = [
             ("grpc.max_send_message_length", int(max_message_bytes)),
             ("grpc.max_receive_message_length", int(max_message_bytes)),
@@ -183,8 +262,14 @@ class Client(_Closing):
             # (not grpc.min_reconnect_backoff_ms: gRPC core takes it as the connect timeout)
             ("grpc.initial_reconnect_backoff_ms", 100),
             ("grpc.max_reconnect_backoff_ms", 2000),
-        ] + list(channel_options)
-        self._channel = grpc.insecure_channel(address, options=options)
+        ]
+        if tls_server_name is not None:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
+        options += list(channel_options)
+        if creds is None:
+            self._channel = grpc.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.secure_channel(address, creds, options=options)
         self._stub = pb_grpc.OptimizerStub(self._channel)
         self._health = None
         self._stream = None
@@ -259,7 +344,7 @@ class Client(_Closing):
             max_staleness=int(max_staleness), sync_timeout_ms=int(sync_timeout_ms))
         req = pb.RegisterRequest(spec=spec)
         r = self._call("Register", lambda: self._stub.Register(req, timeout=self.timeout,
-                                                                metadata=METADATA), True)
+                                                                metadata=self._metadata), True)
         return self._remember(_info(r.info, created=bool(r.created)))
 
     def upload(self, tensors: Mapping[str, object], dtype="f32") -> Dict[str, dict]:
@@ -276,7 +361,7 @@ class Client(_Closing):
                     yield pb.UploadRequest(name=name, chunk=c)
 
         r = self._call("Upload", lambda: self._stub.Upload(requests(), timeout=self.timeout,
-                                                            metadata=METADATA), False)
+                                                            metadata=self._metadata), False)
         return {pi.spec.name: self._remember(_info(pi)) for pi in r.params}
 
     def pull(self, names: Union[None, str, Iterable[str]] = None,
@@ -293,7 +378,7 @@ class Client(_Closing):
         def attempt():
             out = {}
             parts = {}  # name -> [shape, flat array, covered, step]
-            for r in self._stub.Pull(req, timeout=self.timeout, metadata=METADATA):
+            for r in self._stub.Pull(req, timeout=self.timeout, metadata=self._metadata):
                 p = parts.get(r.name)
                 if p is None:
                     if r.name in out:
@@ -333,13 +418,13 @@ class Client(_Closing):
         """Every parameter whose name starts with ``prefix``, in name order."""
         req = pb.ListRequest(prefix=prefix)
         r = self._call("List", lambda: self._stub.List(req, timeout=self.timeout,
-                                                        metadata=METADATA), True)
+                                                        metadata=self._metadata), True)
         return [self._remember(_info(pi)) for pi in r.params]
 
     def usage(self) -> dict:
         """{"device_bytes_used", "device_bytes_limit" (0: none), "params"} from List."""
         r = self._call("List", lambda: self._stub.List(pb.ListRequest(), timeout=self.timeout,
-                                                        metadata=METADATA), True)
+                                                        metadata=self._metadata), True)
         return {"device_bytes_used": int(r.device_bytes_used),
                 "device_bytes_limit": int(r.device_bytes_limit), "params": len(r.params)}
 
@@ -347,7 +432,7 @@ class Client(_Closing):
         """One parameter's info (NOT_FOUND if it is not registered)."""
         req = pb.DescribeRequest(name=name)
         r = self._call("Describe", lambda: self._stub.Describe(req, timeout=self.timeout,
-                                                                metadata=METADATA), True)
+                                                                metadata=self._metadata), True)
         return self._remember(_info(r))
 
     def drop(self, name: str) -> int:
@@ -355,7 +440,7 @@ class Client(_Closing):
         self._shapes.pop(name, None)
         req = pb.DropRequest(name=name)
         r = self._call("Drop", lambda: self._stub.Drop(req, timeout=self.timeout,
-                                                        metadata=METADATA), False)
+                                                        metadata=self._metadata), False)
         return int(r.step)
 
     def set_config(self, name: str, options: Mapping) -> dict:
@@ -365,7 +450,7 @@ class Client(_Closing):
         req = pb.SetConfigRequest(name=name, options=[
             pb.Option(key=str(k), value=option_text(v)) for k, v in options.items()])
         r = self._call("SetConfig", lambda: self._stub.SetConfig(req, timeout=self.timeout,
-                                                                  metadata=METADATA), True)
+                                                                  metadata=self._metadata), True)
         return self._remember(_info(r))
 
     def checkpoint(self) -> dict:
@@ -376,7 +461,7 @@ class Client(_Closing):
         ``UNAVAILABLE``: a repeated call only writes one more checkpoint, so a retry after a lost
         reply can skip a sequence number."""
         r = self._call("Checkpoint", lambda: self._stub.Checkpoint(
-            pb.CheckpointRequest(), timeout=self.timeout, metadata=METADATA), True)
+            pb.CheckpointRequest(), timeout=self.timeout, metadata=self._metadata), True)
         return {"path": r.path, "sequence": int(r.sequence), "parameters": int(r.parameters),
                 "bytes": int(r.bytes)}
 
@@ -480,7 +565,7 @@ class Client(_Closing):
         if s is None:
             if self._closed:
                 raise OrthodError(SC.CANCELLED, "the client is closed")
-            s = self._stream = _StepStream(self._stub)
+            s = self._stream = _StepStream(self._stub, self._metadata)
         return s
 
     def _drop_stream(self, cancel: bool):

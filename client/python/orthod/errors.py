@@ -13,7 +13,10 @@ class OrthodError(Exception):
     ``code`` is the :class:`grpc.StatusCode` (from the daemon, from gRPC for transport problems
     such as ``UNAVAILABLE``, or from the client itself: ``DATA_LOSS`` for a reply that does not
     cover a tensor, ``DEADLINE_EXCEEDED`` for a step wait longer than the client's timeout);
-    ``details`` is the message, e.g. ``"parameter 'w' is not registered"``.
+    ``details`` is the message, e.g. ``"parameter 'w' is not registered"``. A daemon with
+    ``--auth-tokens`` answers ``UNAUTHENTICATED`` for a missing or unknown token and
+    ``PERMISSION_DENIED`` for a token without the right for the parameter; TLS failures (an
+    untrusted certificate, a refused client certificate) reach the client as ``UNAVAILABLE``.
     ``str(error)`` is ``"NOT_FOUND: parameter 'w' is not registered"``.
     """
 

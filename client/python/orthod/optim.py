@@ -89,13 +89,19 @@ class _RemoteOptimizerCore(_Closing):
     def __init__(self, params, address="127.0.0.1:50051", *, addresses=None, lr=None,
                  algorithm=None, rank=0, world_size=1, reply_dtype="f32", wire_dtype="f32",
                  register=True, upload=True, sync_timeout_ms=0, client=None, timeout=60.0,
-                 client_kwargs=None, **defaults):
+                 client_kwargs=None, token=None, tls=False, tls_ca=None, tls_cert=None,
+                 tls_key=None, tls_server_name=None, **defaults):
         defaults.pop("torch", None)
         groups = _normalize_params(params)
         self.param_groups = []
+        # (named here, not left in **defaults, which are engine options sent to the daemon)
+        security = {k: v for k, v in (("token", token), ("tls", tls), ("tls_ca", tls_ca),
+                                      ("tls_cert", tls_cert), ("tls_key", tls_key),
+                                      ("tls_server_name", tls_server_name))
+                    if v is not None and v is not False}
         d = self._configure(address, addresses, lr, algorithm, rank, world_size, reply_dtype,
                             wire_dtype, register, upload, sync_timeout_ms, client, timeout,
-                            client_kwargs, defaults)
+                            client_kwargs, security, defaults)
         try:
             self._init_groups(groups, d)
             self.state = {}
@@ -111,7 +117,7 @@ class _RemoteOptimizerCore(_Closing):
 
     def _configure(self, address, addresses, lr, algorithm, rank, world_size, reply_dtype,
                    wire_dtype, register, upload, sync_timeout_ms, client, timeout,
-                   client_kwargs, defaults):
+                   client_kwargs, security, defaults):
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError("rank %d out of range for world_size %d" % (rank, world_size))
         self.rank = int(rank)
@@ -127,6 +133,14 @@ class _RemoteOptimizerCore(_Closing):
         self._names = set()
         kw = dict(client_kwargs or {})
         kw.setdefault("timeout", self.timeout)
+        for k, v in security.items():
+            if k in kw and kw[k] != v:
+                raise ValueError("%s given both as an argument and in client_kwargs" % k)
+            kw[k] = v
+        if client is not None and security:
+            # the settings of a connection this optimizer does not open would be ignored
+            raise ValueError("%s: configure the client passed as client= instead" %
+                             ", ".join(sorted(security)))
         if client is not None:
             self.client, self._own_client = client, False
         elif addresses is not None:
@@ -420,12 +434,16 @@ class _RemoteOptimizerCore(_Closing):
 _INIT_DOC = """RemoteOptimizer(params, address="127.0.0.1:50051", *, addresses=None, lr=None,
         algorithm=None, rank=0, world_size=1, reply_dtype="f32", wire_dtype="f32",
         register=True, upload=True, sync_timeout_ms=0, client=None, timeout=60.0,
-        client_kwargs=None, torch=None, **engine_options)
+        client_kwargs=None, token=None, tls=False, tls_ca=None, tls_cert=None, tls_key=None,
+        tls_server_name=None, torch=None, **engine_options)
 
     params: model.named_parameters(), (name, tensor|ndarray) pairs, a dict name -> ndarray, or
       a list of group dicts {"params": ..., "lr": ..., "algorithm": ..., engine options}.
     address / addresses: one daemon, or several (a ShardedClient); client: an existing Client or
       ShardedClient (not closed by close()).
+    token, tls, tls_ca, tls_cert, tls_key, tls_server_name: the connection's bearer token and
+      TLS settings, passed to the Client (every ShardedClient daemon); see orthod.Client. Not
+      with client=. client_kwargs: further Client keyword arguments.
     lr, algorithm, engine_options: defaults of every group. Algorithm per parameter: the group's,
       else "muon" for 2+ dimensions and "adamw" for vectors. Engine options (docs/ENGINE.md keys,
       e.g. weight_decay=0.01, precision="highest") and lr are sent at registration.

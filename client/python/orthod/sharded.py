@@ -23,8 +23,11 @@ def _name_key(name: str) -> bytes:
 
 
 class ShardedClient(_Closing):
-    """One :class:`Client` per address (``client_kwargs`` are passed to each). The order of
-    ``addresses`` is part of the placement: every process must list them in the same order."""
+    """One :class:`Client` per address (``client_kwargs`` are passed to each: ``timeout``,
+    ``token``, ``tls``, ``tls_ca``, ``tls_cert``, ``tls_key``, ``tls_server_name``, ...; every
+    daemon of the set gets the same token and TLS settings, so ``tls_server_name`` fits only
+    daemons that share a certificate name). The order of ``addresses`` is part of the
+    placement: every process must list them in the same order."""
 
     def __init__(self, addresses: Union[str, Sequence[str]], **client_kwargs):
         if isinstance(addresses, str):
@@ -36,7 +39,14 @@ class ShardedClient(_Closing):
             raise ValueError("duplicate shard address in %r" % (addresses,))
         self.addresses = addresses
         self.ring = HashRing(addresses)
-        self.clients = [Client(a, **client_kwargs) for a in addresses]
+        self.clients = []
+        try:
+            for a in addresses:
+                self.clients.append(Client(a, **client_kwargs))
+        except BaseException:
+            for c in self.clients:  # a bad argument fails the first; anything else, close all
+                c.close()
+            raise
         self._pool = ThreadPoolExecutor(max_workers=len(addresses),
                                         thread_name_prefix="orthod-shard")
 

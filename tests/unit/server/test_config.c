@@ -172,7 +172,7 @@ static void test_defaults(void) {
   size_t n = 0;
   for (; orthod_server_config_key_name(n) != NULL; n++)
     CHECK_STR(orthod_server_config_source(&c, orthod_server_config_key_name(n)), "default");
-  CHECK_U(n, 25);
+  CHECK_U(n, 29);
   CU_ASSERT_PTR_NULL(orthod_server_config_source(&c, "no-such-key"));
   CU_ASSERT_PTR_NULL(orthod_server_config_source(&c, NULL));
 
@@ -491,7 +491,24 @@ static void test_combined_checks(void) {
   EXPECT_ERROR(ARGS(conf, "--max-message-bytes=2M"), NULL,
                "--max-message-bytes (command line): 2M leaves no room for chunk-bytes 2M (file)");
 
-  /* Beyond loopback only with --allow-insecure-remote. */
+  /* TLS keys go together; beyond loopback with TLS needs no --allow-insecure-remote. */
+  EXPECT_ERROR_EXACT(ARGS("--tls-cert=/c.pem"), NULL,
+                     "--tls-cert (command line): tls-cert and tls-key go together (the "
+                     "certificate chain and its key)");
+  EXPECT_ERROR_EXACT(ARGS("--tls-key=/k.pem"), NULL,
+                     "--tls-key (command line): tls-cert and tls-key go together (the "
+                     "certificate chain and its key)");
+  EXPECT_ERROR_EXACT(NOARGS, ARGS("ORTHOD_TLS_CLIENT_CA=/ca.pem"),
+                     "--tls-client-ca (environment ORTHOD_TLS_CLIENT_CA): tls-client-ca (mutual "
+                     "TLS) needs tls-cert and tls-key");
+  {
+    orthod_server_config_t t;
+    EXPECT_RUN(&t, ARGS("--listen=0.0.0.0:0", "--tls-cert=/c.pem", "--tls-key=/k.pem",
+                        "--tls-client-ca=/ca.pem", "--auth-tokens=/t"), NULL);
+    CHECK_STR(t.tls_client_ca, "/ca.pem");
+    CHECK_STR(t.auth_tokens, "/t");
+  }
+  /* Beyond loopback only with --allow-insecure-remote (or TLS). */
   EXPECT_ERROR_EXACT(ARGS("--listen=0.0.0.0:50051"), NULL,
                      "--listen (command line): 0.0.0.0:50051 is not a loopback address; serving "
                      "beyond loopback without TLS needs --allow-insecure-remote");
@@ -635,7 +652,7 @@ static void test_markdown_table(void) {
   CHECK_HAS(md, "one of auto, cpu, cuda");
   size_t rows = 0;
   for (const char *p = md; (p = strstr(p, "\n| `")) != NULL; p++) rows++;
-  CHECK_U(rows, 25);
+  CHECK_U(rows, 29);
   char path[1024];
   if (source_path("docs/OPERATIONS.md", path, sizeof path)) {
     char *doc = slurp(path);
@@ -668,24 +685,25 @@ static void test_config_log(void) {
   orthod_log_set_sink(capture_sink, NULL, ORTHOD_LOG_INFO);
   orthod_server_config_log(&c);
   orthod_log_set_sink(NULL, NULL, ORTHOD_LOG_WARN);
-  CHECK_U(n_logged, 25);
+  CHECK_U(n_logged, 29);
   CHECK_STR(logged[0], "config listen = 127.0.0.1:50051 (default)");
-  CHECK_STR(logged[2], "config max-message-bytes = 16M (default)");
-  CHECK_STR(logged[7], "config metrics-listen = none (default)");
-  CHECK_STR(logged[8], "config backend = cpu (env)");
-  CHECK_STR(logged[10], "config threads = 2 (file)");
-  CHECK_STR(logged[13], "config max-params = 5 (flag)");
+  CHECK_STR(logged[2], "config tls-cert = none (default)");
+  CHECK_STR(logged[6], "config max-message-bytes = 16M (default)");
+  CHECK_STR(logged[11], "config metrics-listen = none (default)");
+  CHECK_STR(logged[12], "config backend = cpu (env)");
+  CHECK_STR(logged[14], "config threads = 2 (file)");
+  CHECK_STR(logged[17], "config max-params = 5 (flag)");
   char want[256];
   snprintf(want, sizeof want, "config config = %s (flag)", file);
-  CHECK_STR(logged[18], "config restore = true (default)");
-  CHECK_STR(logged[19], "config checkpoint-interval-s = 300 (default)");
-  CHECK_STR(logged[22], want);
+  CHECK_STR(logged[22], "config restore = true (default)");
+  CHECK_STR(logged[23], "config checkpoint-interval-s = 300 (default)");
+  CHECK_STR(logged[26], want);
   orthod_server_config_defaults(&c);
   n_logged = 0;
   orthod_log_set_sink(capture_sink, NULL, ORTHOD_LOG_INFO);
   orthod_server_config_log(&c);
   orthod_log_set_sink(NULL, NULL, ORTHOD_LOG_WARN);
-  CHECK_STR(logged[22], "config config = none (default)");
+  CHECK_STR(logged[26], "config config = none (default)");
 }
 
 /* Run fn with stderr redirected to a file; return what it wrote. */

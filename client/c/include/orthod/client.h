@@ -71,17 +71,44 @@ typedef struct orthod_client_options {
   unsigned keepalive_timeout_ms; /* a ping unanswered this long closes the connection (20000) */
   const char *token;             /* bearer token sent as "authorization: Bearer <token>"; NULL:
                                     none (copied at create) */
+  /* TLS (appended, so callers that fill opts with orthod_client_options_init or a designated
+     initializer need no change). The files are read once, at create. Setting any tls_* field,
+     or tls, makes the channel TLS only: a daemon without TLS then fails every call with
+     UNAVAILABLE. */
+  const char *tls_ca_file;       /* PEM CA bundle that verifies the daemon's certificate; NULL:
+                                    gRPC's default roots ($GRPC_DEFAULT_SSL_ROOTS_FILE_PATH, else
+                                    its built-in set) (default NULL) */
+  const char *tls_cert_file;     /* PEM certificate chain of this client, for a daemon that
+                                    requires client certificates (mutual TLS) (default NULL) */
+  const char *tls_key_file;      /* PEM private key of tls_cert_file; both or neither (NULL) */
+  bool tls;                      /* TLS even when no tls_* file is given: default roots, no
+                                    client certificate (default false) */
+  const char *tls_server_name;   /* name checked against the daemon's certificate instead of
+                                    the host of the address (grpc.ssl_target_name_override), e.g.
+                                    when connecting by IP to a certificate issued for a DNS name;
+                                    NULL: the host of the address (default NULL) */
 } orthod_client_options_t;
 
-/* Fill opts with the defaults above. */
+/* Fill opts with the defaults above (zero for every field not named there). */
 ORTHOD_CLIENT_API void orthod_client_options_init(orthod_client_options_t *opts);
 
 /* Create a client for `address` ("host:port", any gRPC target). opts may be NULL (defaults).
  * Connection happens lazily, at the first call. On success *out owns the client (free it with
- * orthod_client_destroy); on failure *out is NULL and the status says why. */
+ * orthod_client_destroy); on failure *out is NULL, the status says why and
+ * orthod_client_create_error the details: INVALID_ARGUMENT for bad options (keepalive_time_ms
+ * below 10000, an unreadable or non-PEM tls_* file, only one of tls_cert_file and
+ * tls_key_file), RESOURCE_EXHAUSTED for memory. TLS problems with the daemon itself (an
+ * untrusted certificate, a name that does not match, a client certificate it refuses) show at
+ * the first call, as UNAVAILABLE. */
 ORTHOD_CLIENT_API int orthod_client_create(const char *address,
                                            const orthod_client_options_t *opts,
                                            orthod_client_t **out);
+
+/* Why the last orthod_client_create (or orthod_sharded_create) on the calling thread failed:
+ * "INVALID_ARGUMENT: cannot read tls_ca_file '/x': No such file or directory"; "" after a
+ * success. Thread-local (there is no client to hold it); valid until the next create on the
+ * thread. */
+ORTHOD_CLIENT_API const char *orthod_client_create_error(void);
 
 /* Close the channel and free the client (NULL is a no-op). Destroy its step streams first. */
 ORTHOD_CLIENT_API void orthod_client_destroy(orthod_client_t *client);

@@ -63,7 +63,8 @@ ORTHOD_CLIENT_API size_t orthod_shard_placement(const char *const *addresses, si
  * all with `opts` (NULL: defaults). The same address twice is INVALID_ARGUMENT (it would own
  * identical ring points and one of the two would never get a parameter). Connections happen
  * lazily, so a daemon that is down fails only the calls that reach it. On success *out owns the
- * client; on failure *out is NULL. */
+ * client; on failure *out is NULL and orthod_client_create_error says why ("INVALID_ARGUMENT:
+ * shard 0 (10.0.0.1:50051): cannot read tls_ca_file ..."). */
 ORTHOD_CLIENT_API int orthod_sharded_create(const char *const *addresses, size_t n,
                                             const orthod_client_options_t *opts,
                                             orthod_sharded_client_t **out);
