@@ -928,11 +928,14 @@ void orthod_server_config_write_sample(FILE *out) {
     describe_range(k, range, sizeof range);
     env_name(k, env, sizeof env);
     format_value(&d, k, v, sizeof v);
+    bool empty = v[0] == '\0';
     snprintf(text, sizeof text, "%s Default %s; allowed: %s. Flag --%s, environment %s.", k->help,
-             v, range, k->name, env);
+             empty ? "none" : v, range, k->name, env);
     fprintf(out, "\n# ");
     wrap(out, text, "# ", 100, 2);
-    fprintf(out, "%s = %s\n", k->name, v);
+    /* an empty default is written as a comment: "key =" alone would read as an empty value */
+    if (empty) fprintf(out, "# %s = %s\n", k->name, k->metavar);
+    else fprintf(out, "%s = %s\n", k->name, v);
   }
 }
 

@@ -367,8 +367,16 @@ int main(int argc, char **argv) {
   orthod_health_set_serving(app.health, true);
   orthod_metrics_set_serving(app.metrics, true);
 
-  /* The one line on stdout that scripts and tests wait for; the host is what we bound. */
   char host[256];
+  /* Before the listen line: whoever waits for that line may read this one right after. */
+  if (orthod_metrics_port(app.metrics) > 0) {
+    snprintf(host, sizeof host, "%s", app.cfg.metrics_listen);
+    char *mcolon = strrchr(host, ':');
+    if (mcolon) *mcolon = '\0';
+    ORTHOD_LOG(ORTHOD_LOG_INFO, "metrics on http://%s:%d/metrics (probe: /healthz)", host,
+               orthod_metrics_port(app.metrics));
+  }
+  /* The one line on stdout that scripts and tests wait for; the host is what we bound. */
   snprintf(host, sizeof host, "%s", app.cfg.listen);
   char *colon = strrchr(host, ':');
   if (colon) *colon = '\0';
@@ -377,13 +385,6 @@ int main(int argc, char **argv) {
   fflush(stdout);
   ORTHOD_LOG(ORTHOD_LOG_INFO, "serving on %s:%d; stop with Ctrl-C or `kill -TERM %ld`", host,
              orthod_rpc_server_port(app.rpc), (long)getpid());
-  if (orthod_metrics_port(app.metrics) > 0) {
-    snprintf(host, sizeof host, "%s", app.cfg.metrics_listen);
-    colon = strrchr(host, ':');
-    if (colon) *colon = '\0';
-    ORTHOD_LOG(ORTHOD_LOG_INFO, "metrics on http://%s:%d/metrics (probe: /healthz)", host,
-               orthod_metrics_port(app.metrics));
-  }
 
   uv_run(app.loop, UV_RUN_DEFAULT);
   if (app.exit_code != 0) return app.exit_code; /* stuck shutdown: no cleanup is safe */
