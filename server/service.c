@@ -1817,13 +1817,27 @@ static void handle_list(ctx_t *ctx, const uint8_t *data, size_t len) {
     ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "malformed ListRequest message");
     return;
   }
+  /* Pages follow name order: a page starts after the name its token holds (the last name of
+   * the previous page), so parameters registered or dropped between pages neither repeat nor
+   * shift the others. */
+  size_t start = 0;
+  if (req->page_token[0] != '\0') {
+    ptrdiff_t at = registry_find(svc, req->page_token, &start);
+    if (at >= 0) start = (size_t)at + 1;
+  }
+  size_t limit = req->page_size ? req->page_size : SIZE_MAX;
   size_t plen = strlen(req->prefix), n = 0, cap = svc->n_params ? svc->n_params : 1;
+  if (cap > limit) cap = limit;
   info_t *bs = calloc(cap, sizeof *bs);
   Orthod__V1__ParameterInfo **ip = calloc(cap, sizeof *ip);
-  bool ok = bs != NULL && ip != NULL;
-  for (size_t i = 0; ok && i < svc->n_params; i++) {
+  bool ok = bs != NULL && ip != NULL, more = false;
+  for (size_t i = start; ok && i < svc->n_params; i++) {
     param_t *p = svc->params[i];
     if (!p->live || strncmp(p->name, req->prefix, plen) != 0 || !readable(ctx, p->name)) continue;
+    if (n == limit) {
+      more = true;
+      break;
+    }
     ok = info_build(p, &p->cfg, &bs[n]) == 0;
     ip[n] = &bs[n].info;
     n++;
@@ -1832,6 +1846,7 @@ static void handle_list(ctx_t *ctx, const uint8_t *data, size_t len) {
     ctx_oom(ctx);
   } else {
     Orthod__V1__ListResponse r = ORTHOD__V1__LIST_RESPONSE__INIT;
+    if (more) r.next_page_token = ip[n - 1]->spec->name;
     r.n_params = n;
     r.params = ip;
     r.device_bytes_used = svc->bytes_used;

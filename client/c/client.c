@@ -154,6 +154,7 @@ void orthod_client_options_init(orthod_client_options_t *opts) {
   opts->max_message_bytes = (size_t)64 << 20;
   opts->keepalive_time_ms = 30000;
   opts->keepalive_timeout_ms = 20000;
+  opts->list_page_size = 1000;
 }
 
 /* Why the last create on this thread failed: there is no client yet to hold the text. */
@@ -677,28 +678,67 @@ void orthod_param_list_clear(orthod_param_list_t *list) {
   memset(list, 0, sizeof *list);
 }
 
+/* Append one List reply's params to list (*cap: the length of list->params, grown as needed).
+ * The daemon pages in name order, so a page must start after the last name already held:
+ * anything else would repeat parameters, and a daemon that kept answering so (a token that leads
+ * back) would never reach the last page. */
+static int list_append(orthod_client_t *c, const Orthod__V1__ListResponse *resp,
+                       orthod_param_list_t *list, size_t *cap) {
+  if (resp->n_params == 0) return 0;
+  if (list->n + resp->n_params > *cap) {
+    size_t want = *cap * 2 > list->n + resp->n_params ? *cap * 2 : list->n + resp->n_params;
+    orthod_param_info_t *p = realloc(list->params, want * sizeof *p);
+    if (p == NULL) return orthod__cl_fail(c->err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+    list->params = p;
+    *cap = want;
+  }
+  size_t first = list->n;
+  for (size_t i = 0; i < resp->n_params; i++) {
+    int rc = orthod__cl_info_from_msg(resp->params[i], &list->params[list->n], c->err);
+    if (rc != 0) return rc;
+    list->n++;
+  }
+  if (first > 0 && strcmp(list->params[first].name, list->params[first - 1].name) <= 0)
+    return orthod__cl_fail(c->err, GRPC_STATUS_DATA_LOSS,
+                           "List: a page starts at '%s', not after '%s' where the previous one "
+                           "ended", list->params[first].name, list->params[first - 1].name);
+  return 0;
+}
+
 int orthod_list(orthod_client_t *c, const char *prefix, orthod_param_list_t *list) {
   if (list != NULL) memset(list, 0, sizeof *list);
   if (c == NULL) return GRPC_STATUS_INVALID_ARGUMENT;
   if (list == NULL) return orthod__cl_fail(c->err, GRPC_STATUS_INVALID_ARGUMENT, "list: no output");
   Orthod__V1__ListRequest req = ORTHOD__V1__LIST_REQUEST__INIT;
   req.prefix = (char *)(prefix ? prefix : "");
-  ProtobufCMessage *m;
-  int rc = unary(c, METHOD("List"), &req.base, &orthod__v1__list_response__descriptor, &m);
-  if (rc != 0) return rc;
-  Orthod__V1__ListResponse *resp = (Orthod__V1__ListResponse *)m;
-  list->device_bytes_used = resp->device_bytes_used;
-  list->device_bytes_limit = resp->device_bytes_limit;
-  if (resp->n_params > 0) {
-    list->params = calloc(resp->n_params, sizeof *list->params);
-    if (list->params == NULL)
+  req.page_size = c->opts.list_page_size;
+  char *token = NULL; /* our copy of the next page's token: the reply holding it is freed */
+  size_t cap = 0;
+  int rc;
+  do {
+    req.page_token = token != NULL ? token : "";
+    ProtobufCMessage *m;
+    rc = unary(c, METHOD("List"), &req.base, &orthod__v1__list_response__descriptor, &m);
+    if (rc != 0) break;
+    Orthod__V1__ListResponse *resp = (Orthod__V1__ListResponse *)m;
+    /* The usage of the last page is the most recent. */
+    list->device_bytes_used = resp->device_bytes_used;
+    list->device_bytes_limit = resp->device_bytes_limit;
+    const char *next = str_or_empty(resp->next_page_token);
+    rc = list_append(c, resp, list, &cap);
+    /* A token that does not move on would ask for the same page forever. */
+    if (rc == 0 && next[0] != '\0' &&
+        (resp->n_params == 0 || (token != NULL && strcmp(next, token) == 0)))
+      rc = orthod__cl_fail(c->err, GRPC_STATUS_DATA_LOSS,
+                           "List: next_page_token '%.200s' does not advance (%zu parameters in "
+                           "its page)", next, resp->n_params);
+    free(token);
+    token = NULL;
+    if (rc == 0 && next[0] != '\0' && (token = strdup(next)) == NULL)
       rc = orthod__cl_fail(c->err, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
-  }
-  for (size_t i = 0; rc == 0 && i < resp->n_params; i++) {
-    rc = orthod__cl_info_from_msg(resp->params[i], &list->params[i], c->err);
-    if (rc == 0) list->n = i + 1;
-  }
-  protobuf_c_message_free_unpacked(m, NULL);
+    protobuf_c_message_free_unpacked(m, NULL);
+  } while (rc == 0 && token != NULL);
+  free(token);
   if (rc != 0) orthod_param_list_clear(list);
   return rc;
 }

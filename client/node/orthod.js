@@ -96,6 +96,14 @@ function u64Arg(v, what) {
   return String(v);
 }
 
+/** A List page size (the proto's uint32): an integer in 0..2^32-1. */
+function pageSizeArg(v, what) {
+  if (!Number.isInteger(v) || v < 0 || v > 0xffffffff) {
+    throw new RangeError(`${what} must be an integer in 0..2^32-1, got ${v}`);
+  }
+  return v;
+}
+
 // ---------------------------------------------------------------------------------------------
 // dtype conversions (little-endian wire format, round-to-nearest-even)
 
@@ -548,7 +556,9 @@ function bearer(token) {
 
 /** new Client(address = "127.0.0.1:50051", options)
  *  options: timeoutMs (deadline of unary calls, 60000), chunkBytes (data per chunk sent, 1 MiB),
- *  maxMessageBytes (channel send/receive limit, 64 MiB), retries (4) and backoffMs (100):
+ *  maxMessageBytes (channel send/receive limit, 64 MiB), listPageSize (parameters per List
+ *  reply while list() collects them, 1000; 0: all in one reply, which fails once the list
+ *  outgrows maxMessageBytes or the daemon's send limit), retries (4) and backoffMs (100):
  *  exponential-backoff retries on UNAVAILABLE for idempotent calls (register, describe, list,
  *  pull, setConfig, checkpoint, health); credentials (grpc.credentials, default insecure);
  *  channelOptions (extra grpc-js channel options); protoDir (see loadProtos).
@@ -567,6 +577,8 @@ class Client {
     this.chunkBytes = options.chunkBytes || (1 << 20);
     this.retries = options.retries !== undefined ? options.retries : 4;
     this.backoffMs = options.backoffMs !== undefined ? options.backoffMs : 100;
+    this.listPageSize = options.listPageSize !== undefined
+      ? pageSizeArg(options.listPageSize, 'listPageSize') : 1000;
     const maxMsg = options.maxMessageBytes || (64 << 20);
     this._auth = bearer(options.token);
     const creds = channelCredentials(options);
@@ -718,15 +730,45 @@ class Client {
     }));
   }
 
-  /** Parameters whose name starts with `prefix`:
-   *  {params: [info], deviceBytesUsed, deviceBytesLimit (0: no limit)}. */
-  async list(prefix = '') {
-    const res = await this._retry(() => this._unary(this._stub, 'List', { prefix }));
-    return {
-      params: res.params.map(infoFromProto),
-      deviceBytesUsed: u64(res.device_bytes_used),
-      deviceBytesLimit: u64(res.device_bytes_limit),
-    };
+  /** Parameters whose name starts with `prefix`, in name order:
+   *  {params: [info], deviceBytesUsed, deviceBytesLimit (0: no limit)}. Fetched in pages of
+   *  opts.pageSize parameters (default: the client's listPageSize; 0: one reply), one List call
+   *  each, retried on its own; the bytes are those of the last page. Parameters registered or
+   *  dropped meanwhile may or may not be listed; none is listed twice. */
+  async list(prefix = '', opts = {}) {
+    const pageSize = opts.pageSize !== undefined && opts.pageSize !== null
+      ? pageSizeArg(opts.pageSize, 'pageSize') : this.listPageSize;
+    const params = [];
+    let token = '';
+    let last = null;  // the last name received
+    const nameOf = (pi) => (pi.spec && pi.spec.name) || '';
+    for (;;) {
+      const req = { prefix, page_size: pageSize, page_token: token };
+      const res = await this._retry(() => this._unary(this._stub, 'List', req));
+      // Pages come in name order: one that does not start after the previous one would repeat
+      // parameters, and a token that does not move on would ask for the same page forever.
+      // (Compared as UTF-8: the daemon orders names bytewise, JS strings by UTF-16 units.)
+      if (res.params.length > 0 && last !== null &&
+          Buffer.compare(Buffer.from(nameOf(res.params[0])), Buffer.from(last)) <= 0) {
+        throw protocolError(`List page starts at '${nameOf(res.params[0])}', not after ` +
+                            `'${last}' where the previous one ended`);
+      }
+      const next = res.next_page_token || '';
+      if (next !== '' && (res.params.length === 0 || next === token)) {
+        throw protocolError(`List next_page_token ${JSON.stringify(next.slice(0, 200))} does ` +
+                            `not advance (${res.params.length} parameters in its page)`);
+      }
+      for (const pi of res.params) params.push(infoFromProto(pi));
+      if (next === '') {
+        return {
+          params,
+          deviceBytesUsed: u64(res.device_bytes_used),
+          deviceBytesLimit: u64(res.device_bytes_limit),
+        };
+      }
+      last = nameOf(res.params[res.params.length - 1]);
+      token = next;
+    }
   }
 
   /** One parameter's info. */

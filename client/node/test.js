@@ -61,6 +61,47 @@ async function expectError(fn, code, what) {
   throw new Error(`${what}: the call succeeded, expected code ${code}`);
 }
 
+/** A fake daemon (grpc-js server, every method but List UNIMPLEMENTED) whose List paging does
+ *  not advance: "repeat" answers a page and the same token every time, "empty" no params and a
+ *  new token, "back" the same page whatever the token. list() must reject (INTERNAL, this
+ *  module's code for a malformed reply) after a bounded number of calls instead of listing
+ *  forever. Returns {mode: [calls, message]}. */
+async function listBadPages() {
+  const grpc = require('@grpc/grpc-js');
+  const info = (name) => ({ spec: { name, shape: [2] }, elements: 2 });
+  const out = {};
+  for (const [mode, calls, text] of [['repeat', 2, "next_page_token \"same\" does not advance"],
+                                     ['empty', 1, 'does not advance (0 parameters in its page)'],
+                                     ['back', 2, "page starts at 'a', not after 'b'"]]) {
+    let seen = 0;
+    const server = new grpc.Server();
+    server.addService(orthod.loadProtos().Optimizer.service, {
+      List: (call, cb) => {
+        seen++;
+        if (mode === 'empty') cb(null, { next_page_token: `t${seen}` });
+        else if (mode === 'back') {
+          cb(null, { params: [info('a'), info('b')], next_page_token: `tok${seen}` });
+        } else cb(null, { params: [info(`p${seen}`)], next_page_token: 'same' });
+      },
+    });
+    const port = await new Promise((resolve, reject) => server.bindAsync(
+      '127.0.0.1:0', grpc.ServerCredentials.createInsecure(),
+      (err, p) => (err ? reject(err) : resolve(p))));
+    const fake = new orthod.Client(`127.0.0.1:${port}`, { timeoutMs: 10000 });
+    try {
+      const e = await expectError(() => fake.list('', { pageSize: 1 }), orthod.status.INTERNAL,
+                                  `List paging that does not advance (${mode})`);
+      check(e.details.includes(text), `${mode}: message ${e.details}`);
+      check(seen === calls, `${mode}: ${seen} List calls, expected ${calls}`);
+      out[mode] = [seen, e.message];
+    } finally {
+      await fake.close();
+      server.forceShutdown();
+    }
+  }
+  return out;
+}
+
 async function main() {
   const args = parseArgs();
   const work = args.work;
@@ -173,6 +214,29 @@ async function main() {
   for (const p of params) result.describe[p.name] = await client.describe(p.name);
   result.list = await client.list();
   result.list_prefix = (await client.list(names[0])).params.map((i) => i.name);
+  // List in pages (1, 2, all, more; the client option too) holds what one reply holds
+  const same = (a, b) => JSON.stringify(a) === JSON.stringify(b);
+  const whole = await client.list('', { pageSize: 0 });
+  check(same(whole, result.list), 'List in pages of 1000 (the default) equals one reply');
+  for (const pageSize of [1, 2, params.length, params.length + 1]) {
+    check(same(await client.list('', { pageSize }), whole), `List in pages of ${pageSize}`);
+  }
+  const layer0 = await client.list('layers.0.', { pageSize: 0 });
+  check(layer0.params.length === 3 && same(await client.list('layers.0.', { pageSize: 1 }), layer0),
+        'List of a prefix in pages of 1');
+  const paging = new orthod.Client(args.address, { timeoutMs: 20000, listPageSize: 2 });
+  check(same(await paging.list(), whole), 'List with the client option listPageSize 2');
+  await paging.close();
+  for (const bad of [-1, 1.5, 2 ** 32, '3']) {
+    let threw = false;
+    try {
+      await client.list('', { pageSize: bad });
+    } catch (e) {
+      threw = e instanceof RangeError;
+    }
+    check(threw, `List pageSize ${bad} refused with a RangeError`);
+  }
+  result.list_pages = [1, 2, params.length, params.length + 1];
   result.set_config = await client.setConfig(p0.name, { lr: 0.005 });
   result.describe_not_found = await expectError(
     () => client.describe(missing), orthod.status.NOT_FOUND, 'Describe of an unknown name');
@@ -223,6 +287,7 @@ async function main() {
   result.list_after_drop = (await client.list()).params.map((i) => i.name);
 
   await client.close();
+  result.list_bad_pages = await listBadPages();
   result.timings.total_ms = Date.now() - t0;
   fs.writeFileSync(file('result.json'), JSON.stringify(result, null, 1));
   console.log(`node client: ${params.length} parameters, ${plan.steps} steps, ` +

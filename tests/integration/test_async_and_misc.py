@@ -1,5 +1,5 @@
 """test_async_and_misc.py — asynchronous mode with max_staleness, idempotent retried chunks,
-per-step learning rates, Pull/List/Describe/Drop/SetConfig, no_reply, bf16/fp16 replies and
+per-step learning rates, Pull/List (prefixes, pages)/Describe/Drop/SetConfig, no_reply, bf16/fp16 replies and
 gradients, chunked gradients out of order, several parameters on one stream.
 
 The daemon runs with --chunk-bytes 1K so that every fp32 reply of a 32x16 parameter comes in
@@ -248,6 +248,44 @@ def list_prefix(stub):
     assert allp.device_bytes_used >= sum(p.device_bytes for p in allp.params)
 
 
+def list_pages(stub):
+    names = ["page.%02d" % i for i in range(23)]
+    for n in names:
+        h.register(stub, n, [2], "adamw")
+    ls = lambda **kw: stub.List(h.pb.ListRequest(**kw), timeout=10, metadata=h.md())  # noqa
+    whole = ls(prefix="page.")
+    assert [p.spec.name for p in whole.params] == names and whole.next_page_token == ""
+    # pages of 5: 5, 5, 5, 5, 3; every token advances; the last page has no token
+    got, token, pages = [], "", 0
+    while True:
+        r = ls(prefix="page.", page_size=5, page_token=token)
+        pages += 1
+        got += [p.spec.name for p in r.params]
+        assert len(r.params) == (5 if r.next_page_token else 3), (pages, len(r.params))
+        assert r.device_bytes_used == whole.device_bytes_used
+        if not r.next_page_token:
+            break
+        assert r.next_page_token > token, "the token does not advance"
+        token = r.next_page_token
+    assert got == names and pages == 5, (pages, got)
+    # a page that ends exactly at the last match has no token
+    r = ls(prefix="page.", page_size=23)
+    assert len(r.params) == 23 and r.next_page_token == ""
+    # changes between pages neither repeat nor skip the others
+    first = ls(prefix="page.", page_size=10)
+    stub.Drop(h.pb.DropRequest(name="page.03"), timeout=10, metadata=h.md())
+    h.register(stub, "page.05a", [2], "adamw")
+    h.register(stub, "page.99", [2], "adamw")
+    rest = ls(prefix="page.", page_token=first.next_page_token)
+    assert [p.spec.name for p in rest.params] == names[10:] + ["page.99"], rest.params
+    # a token that names no parameter (dropped meanwhile) continues after where it would be
+    r = ls(prefix="page.", page_size=2, page_token="page.05b")
+    assert [p.spec.name for p in r.params] == ["page.06", "page.07"], r.params
+    # past the end: empty
+    r = ls(prefix="page.", page_token="zzz")
+    assert len(r.params) == 0 and r.next_page_token == ""
+
+
 def describe_options(stub):
     h.register(stub, "desc", SHAPE, "muon", {"lr": 0.01, "nesterov": "true"}, workers=3,
                sync_mode=h.pb.SYNC_MODE_SYNC, sync_timeout_ms=1234)
@@ -349,6 +387,7 @@ def main():
         ("empty algorithm on a 1-D parameter is AdamW", default_algorithm),
         ("Upload in chunks out of order, two parameters in one Upload", upload_out_of_order),
         ("List with a prefix", list_prefix),
+        ("List in pages: tokens, concurrent changes, past the end", list_pages),
         ("Describe shows the effective options; SetConfig", describe_options),
         ("SetConfig lr applies to the next step", setconfig_applies),
         ("Drop, then NOT_FOUND", drop),

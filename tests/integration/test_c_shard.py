@@ -10,9 +10,10 @@ Parts:
             shard owns 4 (by training_common.placement, an implementation independent of the C
             one, which c_shard checks against its own). c_shard registers, uploads and steps them
             through the sharded client and identically on the single daemon, checks that every
-            daemon's own List holds exactly the parameters placement gives it, that the weights
-            are bit-identical to the single daemon's after every step, then errors (one shard,
-            two shards, argument errors, an unreachable shard) and recovery. Here the final
+            daemon's own List holds exactly the parameters placement gives it (and that List in
+            pages of 1, 2, 3, 12, 13, with a prefix and sharded, equals one reply), that the
+            weights are bit-identical to the single daemon's after every step, then errors (one
+            shard, two shards, argument errors, an unreachable shard) and recovery. Here the final
             weights are compared with the float64 reference tests/reference/orthod_ref.py:
                 rel = max|W - W_ref| / max|W_ref - W_0|
             with the tolerances of tests/reference/test_trajectories.py (quoted in c_driver.py).

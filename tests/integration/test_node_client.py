@@ -11,8 +11,9 @@ Cases:
               health, Register (+ the idempotent retry), one Upload of every parameter in its wire
               dtype, STEPS steps with seeded gradients (the first ones on one explicit Step
               stream with every parameter in flight, the rest through Client.step()), Pull in
-              fp32/bf16/fp16, Describe, List, SetConfig, Drop, and failing calls whose gRPC code
-              and daemon message must reach the caller. Parameters: fused-QKV Muon (split_rows),
+              fp32/bf16/fp16, Describe, List (in pages of 1, 2, all, more: the same as one
+              reply; a fake daemon whose paging does not advance is refused), SetConfig, Drop,
+              and failing calls whose gRPC code and daemon message must reach the caller. Parameters: fused-QKV Muon (split_rows),
               a 256x128 Muon matrix with bf16 on the wire in 8 chunks per push, 1-D AdamW with a
               per-step lr, a 4-D conv Muon at the default (medium) precision, and Scion with fp16
               gradients and bf16 replies. The weights of every step reply are compared here with

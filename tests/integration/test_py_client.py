@@ -11,6 +11,13 @@ Cases (each prints PASS/FAIL with its numbers):
   wire_dtypes        bf16/f16 uploads, gradients, replies and pulls through the daemon, bit-exact
                      where no arithmetic is involved.
   errors             OrthodError carries the daemon's exact code and message.
+  list_paging        25 parameters (non-ASCII names among them) listed in pages of 4, 5, 3 (the
+                     client option) and 1: the same infos in bytewise name order as one reply,
+                     the number of List calls each page size takes, a prefix, usage().
+  list_bad_pages     a fake daemon whose paging does not advance (a repeated token, a token with
+                     an empty page, a page that goes back): DATA_LOSS, after a bounded number of
+                     calls, instead of listing forever; from Client.list and, when the build
+                     holds it, from the C client (`orthoctl list`, exit 1).
   retry              a client started before its daemon succeeds after backoff (idempotent calls),
                      also across a daemon restart on the same port; non-idempotent calls (Step,
                      Drop, Upload) fail at once with UNAVAILABLE and are tried exactly once;
@@ -41,9 +48,11 @@ import math
 import os
 import pickle
 import struct
+import subprocess
 import sys
 import threading
 import time
+from concurrent import futures
 
 sys.dont_write_bytecode = True
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -198,6 +207,113 @@ def case_every_rpc(dm):
     return "Muon rel %.1e, AdamW rel %.1e over 4 steps (per-step lr, SetConfig lr); " \
         "checkpoints %d, %d (%d bytes)" % (worst["mat"], worst["vec"], cks[0]["sequence"],
                                           cks[1]["sequence"], cks[1]["bytes"])
+
+
+# ---------------------------------------------------------------------------------------------
+# List paging
+
+
+def case_list_paging(dm):
+    # bytewise order differs from UTF-16 order (U+1F600 sorts before U+FF21 there)
+    names = ["paging.%02d" % i for i in range(22)] + ["paging.\u00e9", "paging.\uff21",
+                                                       "paging.\U0001F600"]
+    want = sorted(names, key=lambda n: n.encode("utf-8"))
+    with orthod.Client(dm.address) as c:
+        for n in names:
+            c.register(n, (2,), "adamw", {"lr": 0.01})
+        c.register("pagingz", (2,), "adamw")  # outside the prefix "paging."
+
+        def listed(page_size, prefix="paging.", client=c):
+            before = client.attempts.get("List", 0)
+            got = client.list(prefix, page_size=page_size) if page_size is not None \
+                else client.list(prefix)
+            return got, client.attempts["List"] - before
+
+        whole, calls = listed(0)
+        assert [i["name"] for i in whole] == want and calls == 1, (whole, calls)
+        for size, pages in ((4, 7), (5, 5), (1, 25), (25, 1), (1000, 1)):
+            # a last page that is exactly full ends the list: no empty page after it
+            got, calls = listed(size)
+            assert got == whole, "page_size %d: %s" % (size, [i["name"] for i in got])
+            assert calls == pages, "page_size %d: %d List calls, expected %d" % (size, calls,
+                                                                                  pages)
+        got, calls = listed(2, "paging.1")
+        assert [i["name"] for i in got] == ["paging.%d" % i for i in range(10, 20)], got
+        assert calls == 5, calls
+        with orthod.Client(dm.address, list_page_size=3) as c3:
+            got, calls = listed(None, client=c3)
+            assert got == whole and calls == 9, (calls, [i["name"] for i in got])
+            use = c3.usage()
+            assert use["params"] == len(names) + 1 and use["device_bytes_used"] > 0, use
+            assert use["device_bytes_used"] == c.usage()["device_bytes_used"], use
+        for bad in (-1, 1 << 32, 2.0, True):
+            try:
+                c.list("paging.", page_size=bad)
+            except ValueError:
+                pass
+            else:
+                raise AssertionError("page_size %r accepted" % (bad,))
+        for n in names + ["pagingz"]:
+            c.drop(n)
+    return "%d parameters in pages of 4 (7 calls), 5 (5), 3 (9), 1 (25): all equal to one " \
+        "reply" % len(names)
+
+
+def bad_pages_servicer(mode):
+    """An Optimizer servicer (every other method UNIMPLEMENTED) whose List paging never ends:
+    ``mode`` "repeat" answers every request with a page and the same token; "empty" with no
+    params and a new token each time; "back" with the same page whatever the token."""
+    pb, pb_grpc = orthod._proto.pb, orthod._proto.pb_grpc
+
+    def info(n):
+        return pb.ParameterInfo(spec=pb.ParameterSpec(name=n, shape=[2]), elements=2)
+
+    class BadPages(pb_grpc.OptimizerServicer):
+        calls = 0
+
+        def List(self, request, context):  # noqa: N802 - the gRPC method name
+            self.calls += 1
+            if mode == "empty":
+                return pb.ListResponse(next_page_token="t%d" % self.calls)
+            if mode == "back":
+                return pb.ListResponse(params=[info("a"), info("b")],
+                                       next_page_token="tok%d" % self.calls)
+            return pb.ListResponse(params=[info("p%d" % self.calls)], next_page_token="same")
+
+    return BadPages()
+
+
+def case_list_bad_pages(build_dir):
+    orthoctl = os.path.join(build_dir, "orthoctl")
+    clients = [("python", None)]
+    if os.access(orthoctl, os.X_OK):
+        clients.append(("orthoctl", orthoctl))
+    for mode, calls, text in (("repeat", 2, "next_page_token 'same' does not advance"),
+                              ("empty", 1, "does not advance (0 parameters in its page)"),
+                              ("back", 2, "a page starts at 'a', not after 'b'")):
+        for who, exe in clients:
+            servicer = bad_pages_servicer(mode)
+            server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+            orthod._proto.pb_grpc.add_OptimizerServicer_to_server(servicer, server)
+            port = server.add_insecure_port("127.0.0.1:0")
+            server.start()
+            try:
+                if exe is None:
+                    with orthod.Client("127.0.0.1:%d" % port, timeout=10) as c:
+                        expect_error(lambda: c.list(page_size=1), SC.DATA_LOSS, text)
+                else:
+                    p = subprocess.run([exe, "--addr", "127.0.0.1:%d" % port, "--timeout",
+                                        "10000", "list"], stdout=subprocess.PIPE,
+                                       stderr=subprocess.PIPE, text=True, timeout=60)
+                    assert p.returncode == 1 and p.stderr.startswith("orthoctl: DATA_LOSS: ") \
+                        and text in p.stderr, "orthoctl list, %s: exit %d, %r" % (
+                            mode, p.returncode, p.stderr)
+            finally:
+                server.stop(None)
+            assert servicer.calls == calls, "%s, %s: %d List calls, expected %d" % (
+                who, mode, servicer.calls, calls)
+    return "a repeated token, a token with an empty page, a page going back: DATA_LOSS (%s)" % \
+        ", ".join(who for who, _ in clients)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -921,6 +1037,7 @@ def main():
     runner = h.Runner("Python client package (%s)" % os.path.dirname(orthod.__file__), args.only)
     runner.case("dtype_conversions", case_dtype_conversions)
     runner.case("shard_vectors", case_shard_vectors, args.build_dir)
+    runner.case("list_bad_pages", case_list_bad_pages, args.build_dir)
     main_dm = h.Daemon(args.orthod, flags=["--chunk-bytes", "1K"], name="orthod")
     small_dm = h.Daemon(args.orthod, flags=["--chunk-bytes", "1K", "--max-message-bytes", "64K"],
                         name="orthod-64K")
@@ -932,6 +1049,7 @@ def main():
         runner.case("chunking", case_chunking, small_dm)
         runner.case("wire_dtypes", case_wire_dtypes, main_dm)
         runner.case("errors", case_errors, main_dm)
+        runner.case("list_paging", case_list_paging, main_dm)
         runner.case("optimizer_numpy", case_optimizer_numpy, main_dm)
         runner.case("data_parallel", case_data_parallel, main_dm)
         runner.case("optimizer_torch", case_optimizer_torch, main_dm)

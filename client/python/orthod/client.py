@@ -96,6 +96,14 @@ def _info(pi, created=None) -> dict:
     }
 
 
+def _page_size(value, what: str) -> int:
+    """A List page size: an int in 0..2**32-1 (the proto's uint32)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or \
+            not 0 <= int(value) < 1 << 32:
+        raise ValueError("%s must be an integer in 0..2**32-1, got %r" % (what, value))
+    return int(value)
+
+
 def _pem(value, what: str) -> Optional[bytes]:
     """PEM bytes of a tls_* argument: bytes are the PEM itself, a str or PathLike names a file.
     Checked here so that a wrong argument fails at once, not as an opaque handshake error at the
@@ -216,8 +224,11 @@ class Client(_Closing):
     waits for every worker). ``chunk_bytes``: tensor data per message sent (replies are chunked by
     the daemon's ``--chunk-bytes``). ``retries``/``backoff``: idempotent calls that fail with
     ``UNAVAILABLE`` are tried again up to ``retries`` times, after ``backoff * 2**k`` seconds.
-    ``max_message_bytes``: the channel's send and receive limit. ``channel_options``: more gRPC
-    channel arguments. Use it from one thread at a time (the Step stream is shared).
+    ``max_message_bytes``: the channel's send and receive limit. ``list_page_size``: parameters
+    per List reply while :meth:`list` and :meth:`usage` collect them (0: all in one reply, which
+    fails once the list outgrows ``max_message_bytes`` or the daemon's send limit).
+    ``channel_options``: more gRPC channel arguments. Use it from one thread at a time (the Step
+    stream is shared).
 
     Security (a daemon started with ``--tls-cert`` / ``--tls-client-ca`` / ``--auth-tokens``):
     ``token``: sent as ``authorization: Bearer <token>`` on every orthod.v1.Optimizer call (not
@@ -233,9 +244,9 @@ class Client(_Closing):
 
     def __init__(self, address: str = "127.0.0.1:50051", *, timeout: float = 60.0,
                  chunk_bytes: int = 1 << 20, retries: int = 4, backoff: float = 0.1,
-                 max_message_bytes: int = 64 << 20, channel_options: Sequence = (),
-                 token: Optional[str] = None, tls: bool = False, tls_ca=None, tls_cert=None,
-                 tls_key=None, tls_server_name: Optional[str] = None):
+                 max_message_bytes: int = 64 << 20, list_page_size: int = 1000,
+                 channel_options: Sequence = (), token: Optional[str] = None, tls: bool = False,
+                 tls_ca=None, tls_cert=None, tls_key=None, tls_server_name: Optional[str] = None):
         if chunk_bytes < 4:
             raise ValueError("chunk_bytes must be at least 4 (one fp32 element)")
         if chunk_bytes + 1024 > max_message_bytes:
@@ -246,6 +257,7 @@ class Client(_Closing):
         self.chunk_bytes = int(chunk_bytes)
         self.retries = int(retries)
         self.backoff = float(backoff)
+        self.list_page_size = _page_size(list_page_size, "list_page_size")
         self._metadata = _auth_metadata(token)
         creds = _credentials(tls, tls_ca, tls_cert, tls_key, tls_server_name)
         self.tls = creds is not None
@@ -414,19 +426,49 @@ class Client(_Closing):
 
         return self._call("Pull", attempt, True)
 
-    def list(self, prefix: str = "") -> List[dict]:
-        """Every parameter whose name starts with ``prefix``, in name order."""
-        req = pb.ListRequest(prefix=prefix)
-        r = self._call("List", lambda: self._stub.List(req, timeout=self.timeout,
-                                                        metadata=self._metadata), True)
-        return [self._remember(_info(pi)) for pi in r.params]
+    def _list_pages(self, prefix: str, page_size: Optional[int]):
+        """The List replies for ``prefix``, one page after the other until the daemon sends the
+        last; each page is one call, retried on its own (List is idempotent)."""
+        size = self.list_page_size if page_size is None else _page_size(page_size, "page_size")
+        token, last = "", None  # the token sent; the last name received
+        while True:
+            req = pb.ListRequest(prefix=prefix, page_size=size, page_token=token)
+            r = self._call("List", lambda: self._stub.List(req, timeout=self.timeout,
+                                                            metadata=self._metadata), True)
+            # Pages come in name order: one that does not start after the previous one would
+            # repeat parameters, and a token that does not move on would ask for the same page
+            # forever.
+            if r.params and last is not None and \
+                    r.params[0].spec.name.encode("utf-8") <= last.encode("utf-8"):
+                raise OrthodError(SC.DATA_LOSS, "List: a page starts at '%s', not after '%s' "
+                                  "where the previous one ended" % (r.params[0].spec.name, last))
+            nxt = r.next_page_token
+            if nxt and (not r.params or nxt == token):
+                raise OrthodError(SC.DATA_LOSS, "List: next_page_token %r does not advance (%d "
+                                  "parameters in its page)" % (nxt[:200], len(r.params)))
+            yield r
+            if not nxt:
+                return
+            if r.params:
+                last = r.params[-1].spec.name
+            token = nxt
+
+    def list(self, prefix: str = "", page_size: Optional[int] = None) -> List[dict]:
+        """Every parameter whose name starts with ``prefix``, in name order. Fetched in pages of
+        ``page_size`` parameters (None: the client's ``list_page_size``; 0: one reply), one List
+        call each; parameters registered or dropped meanwhile may or may not be listed, none is
+        listed twice."""
+        return [self._remember(_info(pi)) for r in self._list_pages(prefix, page_size)
+                for pi in r.params]
 
     def usage(self) -> dict:
-        """{"device_bytes_used", "device_bytes_limit" (0: none), "params"} from List."""
-        r = self._call("List", lambda: self._stub.List(pb.ListRequest(), timeout=self.timeout,
-                                                        metadata=self._metadata), True)
+        """{"device_bytes_used", "device_bytes_limit" (0: none), "params"} from List (paged as
+        :meth:`list`; the bytes are those of the last page)."""
+        n, r = 0, None
+        for r in self._list_pages("", None):
+            n += len(r.params)
         return {"device_bytes_used": int(r.device_bytes_used),
-                "device_bytes_limit": int(r.device_bytes_limit), "params": len(r.params)}
+                "device_bytes_limit": int(r.device_bytes_limit), "params": n}
 
     def describe(self, name: str) -> dict:
         """One parameter's info (NOT_FOUND if it is not registered)."""

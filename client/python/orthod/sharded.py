@@ -156,9 +156,12 @@ class ShardedClient(_Closing):
             merged.update(r)
         return {n: merged[n] for n in names}
 
-    def list(self, prefix: str = "") -> List[dict]:
-        """Every daemon's parameters starting with ``prefix``, merged in name order."""
-        parts = self._map(lambda c, _: c.list(prefix), {i: None for i in range(len(self.clients))})
+    def list(self, prefix: str = "", page_size: Optional[int] = None) -> List[dict]:
+        """Every daemon's parameters starting with ``prefix``, merged in name order; each daemon
+        is listed in pages as :meth:`Client.list` does (``page_size`` None: the clients'
+        ``list_page_size``)."""
+        parts = self._map(lambda c, _: c.list(prefix, page_size),
+                          {i: None for i in range(len(self.clients))})
         infos = [info for i in sorted(parts) for info in parts[i]]
         return sorted(infos, key=lambda d: _name_key(d["name"]))
 

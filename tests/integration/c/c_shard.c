@@ -16,7 +16,8 @@
  *   The k-th param line's data is DIR/pK.w0.f32 and DIR/pK.grads.f32 (N gradients); the final
  *   weights go to DIR/pK.out.f32. Every parameter is registered and uploaded through the sharded
  *   client and, identically, on SINGLE; each shard's own List must hold exactly the parameters
- *   placement gives it, and so must each shard's checkpoint (orthod_sharded_checkpoint); N steps
+ *   placement gives it, and so must each shard's checkpoint (orthod_sharded_checkpoint); List in
+ *   pages (options.list_page_size 1, 2, 3, all, more; a prefix; sharded) equals one reply; N steps
  *   run through orthod_sharded_step (all parameters in one call, or
  *   in two calls) and on one Step stream of SINGLE, and the weights must be bit-identical after
  *   every step (the math is per parameter, so where it runs cannot change a bit). Then routed
@@ -457,6 +458,95 @@ static int listed(const orthod_param_list_t *list, const char *name) {
   return c;
 }
 
+/* Two lists hold the same infos in the same order (what the daemon reports, option by option). */
+static bool same_list(const orthod_param_list_t *a, const orthod_param_list_t *b) {
+  if (a->n != b->n || a->device_bytes_used != b->device_bytes_used ||
+      a->device_bytes_limit != b->device_bytes_limit)
+    return false;
+  for (size_t i = 0; i < a->n; i++) {
+    const orthod_param_info_t *x = &a->params[i], *y = &b->params[i];
+    if (strcmp(x->name, y->name) != 0 || strcmp(x->algorithm, y->algorithm) != 0 ||
+        x->ndim != y->ndim || x->step != y->step || x->elements != y->elements ||
+        x->device_bytes != y->device_bytes || x->n_options != y->n_options)
+      return false;
+    for (int d = 0; d < x->ndim; d++)
+      if (x->shape[d] != y->shape[d]) return false;
+    for (size_t k = 0; k < x->n_options; k++)
+      if (strcmp(x->options[k].key, y->options[k].key) != 0 ||
+          strcmp(x->options[k].value, y->options[k].value) != 0)
+        return false;
+  }
+  return true;
+}
+
+/* orthod_list on a client whose options.list_page_size is `page_size`. */
+static int list_paged(const char *address, const orthod_client_options_t *base, unsigned page_size,
+                      const char *prefix, orthod_param_list_t *list) {
+  orthod_client_options_t o = *base;
+  o.list_page_size = page_size;
+  orthod_client_t *c = NULL;
+  int rc = orthod_client_create(address, &o, &c);
+  if (rc == 0) rc = orthod_list(c, prefix, list);
+  CHECK(rc == 0, "list in pages of %u: %s", page_size,
+        c ? orthod_client_last_error(c) : orthod_client_create_error());
+  orthod_client_destroy(c);
+  return rc;
+}
+
+/* Paging is invisible: orthod_list in pages of any size (1, 2, 3, all of them, more) gives what
+ * one reply (list_page_size 0) gives, with a prefix too; so does orthod_sharded_list in pages of
+ * 2 on every shard. */
+static void check_list_paging(const char *single, orthod_sharded_client_t *sc,
+                              const char *const *addrs, size_t n,
+                              const orthod_client_options_t *base) {
+  orthod_param_list_t whole, paged;
+  if (list_paged(single, base, 0, "", &whole) != 0) return;
+  CHECK(whole.n == np, "one reply lists %zu parameters, expected %zu", whole.n, np);
+  const unsigned sizes[] = {1, 2, 3, (unsigned)np, (unsigned)np + 1};
+  for (size_t k = 0; k < sizeof sizes / sizeof sizes[0]; k++) {
+    if (list_paged(single, base, sizes[k], "", &paged) != 0) continue;
+    CHECK(same_list(&whole, &paged), "pages of %u: %zu parameters differ from one reply's %zu",
+          sizes[k], paged.n, whole.n);
+    orthod_param_list_clear(&paged);
+  }
+  /* a prefix: the part of ps[0]'s name up to its second '.' ("layers.3.") */
+  char prefix[ORTHOD_CLIENT_NAME_MAX + 1];
+  snprintf(prefix, sizeof prefix, "%s", ps[0].name);
+  char *dot = strchr(prefix, '.');
+  dot = dot ? strchr(dot + 1, '.') : NULL;
+  if (dot != NULL) dot[1] = '\0';
+  size_t want = 0;
+  for (size_t k = 0; k < np; k++) want += strncmp(ps[k].name, prefix, strlen(prefix)) == 0;
+  orthod_param_list_t part;
+  if (list_paged(single, base, 0, prefix, &part) == 0) {
+    CHECK(part.n == want && want >= 1, "prefix '%s': %zu parameters, expected %zu", prefix,
+          part.n, want);
+    if (list_paged(single, base, 1, prefix, &paged) == 0) {
+      CHECK(same_list(&part, &paged), "prefix '%s' in pages of 1: %zu parameters, expected %zu",
+            prefix, paged.n, part.n);
+      orthod_param_list_clear(&paged);
+    }
+    orthod_param_list_clear(&part);
+  }
+  orthod_param_list_clear(&whole);
+
+  /* the sharded list pages on every shard */
+  orthod_client_options_t o = *base;
+  o.list_page_size = 2;
+  orthod_sharded_client_t *sc2 = NULL;
+  int rc = orthod_sharded_create(addrs, n, &o, &sc2);
+  CHECK(rc == 0, "sharded create: %s", orthod_client_create_error());
+  if (rc == 0 && orthod_sharded_list(sc, NULL, &whole) == 0) {
+    rc = orthod_sharded_list(sc2, NULL, &paged);
+    CHECK(rc == 0, "sharded list in pages of 2: %s", orthod_sharded_last_error(sc2));
+    CHECK(rc != 0 || same_list(&whole, &paged), "sharded list in pages of 2: %zu parameters, "
+          "in pages of %u: %zu", paged.n, base->list_page_size, whole.n);
+    orthod_param_list_clear(&paged);
+    orthod_param_list_clear(&whole);
+  }
+  orthod_sharded_destroy(sc2);
+}
+
 /* A name that is registered nowhere and that placement puts on `shard`. */
 static void ghost_on(orthod_sharded_client_t *sc, size_t shard, char *buf, size_t len) {
   for (unsigned i = 0;; i++) {
@@ -615,6 +705,7 @@ static int run_cluster(const char *dir, const char *single, const char *const *a
   CHECK(all.device_bytes_used == used, "merged device bytes %" PRIu64 " != %" PRIu64,
         all.device_bytes_used, used);
   orthod_param_list_clear(&all);
+  check_list_paging(single, sc, addrs, n, &o);
 
   /* a checkpoint on every shard: each holds exactly the parameters placed on it */
   orthod_client_checkpoint_info_t ck[MAX_SHARDS];

@@ -87,6 +87,12 @@ typedef struct orthod_client_options {
                                     the host of the address (grpc.ssl_target_name_override), e.g.
                                     when connecting by IP to a certificate issued for a DNS name;
                                     NULL: the host of the address (default NULL) */
+  /* Appended after the TLS fields: options filled without orthod_client_options_init (a
+     designated initializer) get 0 here, the single reply of before. */
+  unsigned list_page_size;       /* params per List reply while orthod_list collects them
+                                    (default 1000); 0: one reply, which fails with
+                                    RESOURCE_EXHAUSTED once the list outgrows max_message_bytes
+                                    or the daemon's send limit */
 } orthod_client_options_t;
 
 /* Fill opts with the defaults above (zero for every field not named there). */
@@ -202,7 +208,13 @@ typedef struct orthod_param_list {
 } orthod_param_list_t;
 
 /* List the parameters whose names start with prefix (NULL or "": all) into *list; free it with
- * orthod_param_list_clear. */
+ * orthod_param_list_clear. The list is fetched in pages of options.list_page_size parameters,
+ * one List call each (each bounded by deadline_ms), until the daemon says it sent the last:
+ * *list holds them all, in name order, and the device bytes of the last reply. Parameters
+ * registered or dropped meanwhile may or may not be listed; none is listed twice. A failed page
+ * fails the whole list (*list is then empty). DATA_LOSS when the daemon's paging does not move
+ * on (a next_page_token repeated or with an empty page, a page that does not start after the
+ * previous one), rather than asking for the same page forever. */
 ORTHOD_CLIENT_API int orthod_list(orthod_client_t *client, const char *prefix,
                                   orthod_param_list_t *list);
 ORTHOD_CLIENT_API void orthod_param_list_clear(orthod_param_list_t *list);

@@ -117,9 +117,10 @@ ORTHOD_CLIENT_API int orthod_sharded_upload(orthod_sharded_client_t *sc,
 ORTHOD_CLIENT_API int orthod_sharded_pull(orthod_sharded_client_t *sc, orthod_tensor_t *tensors,
                                           size_t n, orthod_client_dtype_t wire);
 
-/* List every shard (in parallel) and merge the parameters into one list in name order; the
- * device bytes are summed, the limit is the sum of the shards' limits, or 0 (no limit) when one
- * shard has none. Free with orthod_param_list_clear. */
+/* List every shard (in parallel; each with orthod_list, in pages of options.list_page_size)
+ * and merge the parameters into one list in name order; the device bytes are summed, the limit
+ * is the sum of the shards' limits, or 0 (no limit) when one shard has none. Free with
+ * orthod_param_list_clear. */
 ORTHOD_CLIENT_API int orthod_sharded_list(orthod_sharded_client_t *sc, const char *prefix,
                                           orthod_param_list_t *list);
 
