@@ -1,13 +1,11 @@
 /* server/auth.c — the token table of auth.h. */
 #include "auth.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <sys/stat.h>
 
 #include "orthod/log.h"
 
@@ -129,29 +127,6 @@ int orthod_auth_parse(const char *text, const char *path, orthod_auth_t **out, c
   }
   *out = a;
   return 0;
-}
-
-int orthod_auth_load(const char *path, orthod_auth_t **out, char *err, size_t errlen) {
-  FILE *f = fopen(path, "rb");
-  if (f == NULL) return snprintf(err, errlen, "auth-tokens %s: %s", path, strerror(errno)), -1;
-  struct stat st;
-  if (fstat(fileno(f), &st) == 0 && (st.st_mode & 077) != 0)
-    ORTHOD_LOG(ORTHOD_LOG_WARN, "auth-tokens %s can be read by others than its owner (mode %03o); "
-               "it holds secrets: chmod 600", path, (unsigned)(st.st_mode & 0777));
-  char *text = malloc(1 << 20);
-  size_t n = text ? fread(text, 1, (1 << 20) - 1, f) : 0;
-  bool too_big = text && n == (1 << 20) - 1 && fgetc(f) != EOF;
-  fclose(f);
-  if (text == NULL) return snprintf(err, errlen, "out of memory"), -1;
-  if (too_big) {
-    free(text);
-    return snprintf(err, errlen, "auth-tokens %s: larger than 1 MiB", path), -1;
-  }
-  text[n] = '\0';
-  int rc = orthod_auth_parse(text, path, out, err, errlen);
-  memset(text, 0, n); /* no copy of the secrets left in freed memory */
-  free(text);
-  return rc;
 }
 
 /* Equal in time independent of where they differ (lengths are not secret: all are >= 16). */

@@ -27,10 +27,6 @@ typedef struct orthod_token orthod_token_t;
 int orthod_auth_parse(const char *text, const char *path, orthod_auth_t **out, char *err,
                       size_t errlen);
 
-/* Read and parse the file. A file that others than its owner may read is accepted with a
- * warning in the log (it holds secrets). */
-int orthod_auth_load(const char *path, orthod_auth_t **out, char *err, size_t errlen);
-
 void orthod_auth_destroy(orthod_auth_t *auth);
 size_t orthod_auth_count(const orthod_auth_t *auth);
 

@@ -331,7 +331,7 @@ static bool parse_bool(const char *s, bool *out) {
 }
 
 /* Split a listen address into host and port. Returns NULL, or the reason it is not one. */
-static const char *split_listen(const char *s, char *host, size_t hostlen, unsigned *port,
+const char *orthod_listen_split(const char *s, char *host, size_t hostlen, unsigned *port,
                                 char *why, size_t whylen) {
   const char *colon;
   size_t hlen;
@@ -464,7 +464,7 @@ static const char *parse_value(orthod_server_config_t *c, const config_key_t *k,
       if (k->type == K_LISTEN && len > 0) {
         char host[256];
         unsigned port;
-        if (split_listen(text, host, sizeof host, &port, why, whylen) != NULL) return why;
+        if (orthod_listen_split(text, host, sizeof host, &port, why, whylen) != NULL) return why;
       }
       memcpy(p, text, len + 1);
       return NULL;

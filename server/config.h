@@ -111,6 +111,11 @@ void orthod_server_config_write_sample(FILE *out);
 /* The Markdown table of keys for docs/OPERATIONS.md (key, flag, environment, default, range). */
 void orthod_server_config_write_markdown(FILE *out);
 
+/* Split a listen address ("HOST:PORT", "[IPV6]:PORT") into host (without brackets) and port.
+ * Returns NULL, or the reason it is not one (written into why). */
+const char *orthod_listen_split(const char *s, char *host, size_t hostlen, unsigned *port,
+                                char *why, size_t whylen);
+
 /* True when the host part of a listen address is loopback (127.0.0.0/8, ::1, localhost). */
 bool orthod_listen_is_loopback(const char *listen);
 

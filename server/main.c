@@ -85,8 +85,10 @@ static int mkdir_p(const char *dir, char *err, size_t errlen) {
   return 0;
 }
 
-/* The whole of a small text file (PEM), NUL-terminated; NULL with err filled. */
-static char *read_text(const char *key, const char *path, char *err, size_t errlen) {
+/* The whole of a small text file (PEM, the token file), NUL-terminated, at most 1 MiB; NULL with
+ * err ("KEY PATH: reason") filled. */
+static char *read_text(const char *key, const char *path, bool allow_empty, char *err,
+                       size_t errlen) {
   FILE *f = fopen(path, "rb");
   if (f == NULL) {
     snprintf(err, errlen, "%s %s: %s", key, path, strerror(errno));
@@ -95,9 +97,9 @@ static char *read_text(const char *key, const char *path, char *err, size_t errl
   size_t cap = 1 << 20;
   char *text = malloc(cap);
   size_t n = text ? fread(text, 1, cap - 1, f) : 0;
-  bool big = text && n == cap - 1;
+  bool big = text && n == cap - 1 && fgetc(f) != EOF;
   fclose(f);
-  if (text == NULL || big || n == 0) {
+  if (text == NULL || big || (n == 0 && !allow_empty)) {
     snprintf(err, errlen, "%s %s: %s", key, path, text == NULL ? "out of memory"
                                                    : big ? "larger than 1 MiB" : "empty file");
     free(text);
@@ -105,6 +107,21 @@ static char *read_text(const char *key, const char *path, char *err, size_t errl
   }
   text[n] = '\0';
   return text;
+}
+
+/* --auth-tokens: read and parse the file, warning when others than its owner may read it. */
+static int load_tokens(app_t *app, char *err, size_t errlen) {
+  const char *path = app->cfg.auth_tokens;
+  char *text = read_text("auth-tokens", path, true, err, errlen);
+  if (text == NULL) return -1;
+  struct stat st;
+  if (stat(path, &st) == 0 && (st.st_mode & 077) != 0)
+    ORTHOD_LOG(ORTHOD_LOG_WARN, "auth-tokens %s can be read by others than its owner (mode %03o); "
+               "it holds secrets: chmod 600", path, (unsigned)(st.st_mode & 0777));
+  int rc = orthod_auth_parse(text, path, &app->auth, err, errlen);
+  memset(text, 0, strlen(text)); /* no copy of the secrets left in freed memory */
+  free(text);
+  return rc;
 }
 
 static void free_tls(app_t *app) {
@@ -243,12 +260,6 @@ int main(int argc, char **argv) {
     return 2;
   }
   orthod_server_log_install(app.cfg.log_level, app.cfg.log_format);
-  if (!app.cfg.allow_insecure_remote && app.cfg.tls_cert[0] == '\0' &&
-      !orthod_listen_is_loopback(app.cfg.listen)) {
-    fprintf(stderr, "orthod: --listen %s is not a loopback address and the connection is not "
-            "encrypted; pass --allow-insecure-remote to serve it anyway\n", app.cfg.listen);
-    return 2;
-  }
   if (mkdir_p(app.cfg.state_dir, err, sizeof err) != 0) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "state directory: %s", err);
     return 1;
@@ -257,10 +268,11 @@ int main(int argc, char **argv) {
              ORTHOD_PROTOCOL_VERSION, (long)getpid());
   orthod_server_config_log(&app.cfg);
   if (app.cfg.tls_cert[0] != '\0') {
-    app.tls_cert = read_text("tls-cert", app.cfg.tls_cert, err, sizeof err);
-    app.tls_key = app.tls_cert ? read_text("tls-key", app.cfg.tls_key, err, sizeof err) : NULL;
+    app.tls_cert = read_text("tls-cert", app.cfg.tls_cert, false, err, sizeof err);
+    if (app.tls_cert != NULL)
+      app.tls_key = read_text("tls-key", app.cfg.tls_key, false, err, sizeof err);
     if (app.tls_key != NULL && app.cfg.tls_client_ca[0] != '\0')
-      app.tls_ca = read_text("tls-client-ca", app.cfg.tls_client_ca, err, sizeof err);
+      app.tls_ca = read_text("tls-client-ca", app.cfg.tls_client_ca, false, err, sizeof err);
     if (app.tls_key == NULL || (app.cfg.tls_client_ca[0] != '\0' && app.tls_ca == NULL)) {
       ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
       free_tls(&app);
@@ -268,7 +280,7 @@ int main(int argc, char **argv) {
     }
   }
   if (app.cfg.auth_tokens[0] != '\0') {
-    if (orthod_auth_load(app.cfg.auth_tokens, &app.auth, err, sizeof err) != 0) {
+    if (load_tokens(&app, err, sizeof err) != 0) {
       ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s", err);
       free_tls(&app);
       return 1;

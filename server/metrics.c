@@ -407,30 +407,18 @@ static void on_connection(uv_stream_t *server, int status) {
   if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) != 0) conn_close(c);
 }
 
-/* "HOST:PORT" or "[V6]:PORT" into a socket address. */
+/* A listen address (parsed as the configuration parses --listen) into a socket address. */
 static int parse_addr(const char *listen, struct sockaddr_storage *sa, char *err, size_t errlen) {
-  char host[256];
-  const char *colon = strrchr(listen, ':');
-  if (colon == NULL || colon == listen || (size_t)(colon - listen) >= sizeof host) {
-    snprintf(err, errlen, "metrics-listen '%s': expected HOST:PORT", listen);
+  char host[256], why[256];
+  unsigned port;
+  if (orthod_listen_split(listen, host, sizeof host, &port, why, sizeof why) != NULL) {
+    snprintf(err, errlen, "metrics-listen %s", why);
     return -1;
   }
-  memcpy(host, listen, (size_t)(colon - listen));
-  host[colon - listen] = '\0';
-  char *end;
-  long port = strtol(colon + 1, &end, 10);
-  if (*end != '\0' || colon[1] == '\0' || port < 0 || port > 65535) {
-    snprintf(err, errlen, "metrics-listen '%s': bad port", listen);
-    return -1;
-  }
-  int rc;
-  if (host[0] == '[' && host[strlen(host) - 1] == ']') {
-    host[strlen(host) - 1] = '\0';
-    rc = uv_ip6_addr(host + 1, (int)port, (struct sockaddr_in6 *)sa);
-  } else {
-    rc = uv_ip4_addr(strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, (int)port,
-                     (struct sockaddr_in *)sa);
-  }
+  int rc = listen[0] == '['
+               ? uv_ip6_addr(host, (int)port, (struct sockaddr_in6 *)sa)
+               : uv_ip4_addr(strcmp(host, "localhost") == 0 ? "127.0.0.1" : host, (int)port,
+                             (struct sockaddr_in *)sa);
   if (rc != 0) {
     snprintf(err, errlen, "metrics-listen '%s': not a numeric IPv4 or [IPv6] address", listen);
     return -1;

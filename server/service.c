@@ -333,12 +333,12 @@ static void ctx_end(ctx_t *ctx, grpc_status_code code, const char *msg) {
   if (ctx->over) return;
   ctx->over = true;
   if (ctx->call != NULL) {
-    if (code != GRPC_STATUS_OK)
+    if (code != GRPC_STATUS_OK) {
       orthod_metrics_rpc_error(ctx->svc->metrics, method_names[ctx->method], code);
-    if (code != GRPC_STATUS_OK)
       ORTHOD_LOG(code == GRPC_STATUS_INTERNAL ? ORTHOD_LOG_WARN : ORTHOD_LOG_INFO,
                  "%s from %s: %s: %s", method_names[ctx->method], orthod_call_peer(ctx->call),
                  orthod_status_name(code), msg);
+    }
     orthod_call_finish(ctx->call, code, msg);
   }
   ctx_detach(ctx);
@@ -689,14 +689,8 @@ static void job_error(job_base_t *j, orthod_err_t err) {
   snprintf(j->detail, sizeof j->detail, "%s", orthod_error_detail());
 }
 
-static void read_run(orthod_job_t *job, orthod_store_t *store);
-static void ckpt_run(orthod_job_t *job, orthod_store_t *store);
-
 static void submit(orthod_service_t *svc, job_base_t *j, ctx_t *ctx, param_t *p,
                    void (*run)(orthod_job_t *, orthod_store_t *), void (*done)(orthod_job_t *)) {
-  /* Every other job may change what a checkpoint would hold (a failed one at worst costs a
-   * checkpoint that was not needed). */
-  if (run != read_run && run != ckpt_run) svc->changes++;
   j->job.run = run;
   j->job.done = done;
   j->ctx = ctx;
@@ -704,6 +698,16 @@ static void submit(orthod_service_t *svc, job_base_t *j, ctx_t *ctx, param_t *p,
   j->p = p;
   if (p) p->refs++;
   orthod_device_submit(svc->dev, &j->job);
+}
+
+/* submit() for a job that may change what a checkpoint would hold (register, write, step,
+ * drop, set config): the periodic and shutdown checkpoints are written only after one (a job
+ * that then fails at worst costs a checkpoint that was not needed). */
+static void submit_change(orthod_service_t *svc, job_base_t *j, ctx_t *ctx, param_t *p,
+                          void (*run)(orthod_job_t *, orthod_store_t *),
+                          void (*done)(orthod_job_t *)) {
+  svc->changes++;
+  submit(svc, j, ctx, p, run, done);
 }
 
 static void job_base_release(job_base_t *j) {
@@ -965,7 +969,7 @@ static void handle_register(ctx_t *ctx, const uint8_t *data, size_t len) {
   }
   p->reg_pending++;
   ctx->busy = true;
-  submit(svc, &j->b, ctx, p, reg_run, reg_done);
+  submit_change(svc, &j->b, ctx, p, reg_run, reg_done);
 out:
   param_release(p);
   orthod__v1__register_request__free_unpacked(req, NULL);
@@ -1176,7 +1180,7 @@ static void upload_half_close(ctx_t *ctx) {
   }
   ctx->n_upl = 0;
   ctx->busy = true;
-  submit(svc, &j->b, ctx, NULL, write_run, write_done);
+  submit_change(svc, &j->b, ctx, NULL, write_run, write_done);
 }
 
 /* ---- outgoing tensors (Step replies, Pull) --------------------------------------------- */
@@ -1473,7 +1477,7 @@ static void fire(param_t *p, push_t **pushes, uint32_t n) {
     push_free(x);
   }
   p->inflight++;
-  submit(svc, &j->b, NULL, p, step_run, step_done);
+  submit_change(svc, &j->b, NULL, p, step_run, step_done);
 }
 
 static push_t *push_find(param_t *p, uint64_t step, uint32_t rank) {
@@ -1865,13 +1869,12 @@ static void handle_describe(ctx_t *ctx, const uint8_t *data, size_t len) {
     ctx_fail(ctx, GRPC_STATUS_INVALID_ARGUMENT, "malformed DescribeRequest message");
     return;
   }
-  param_t *p = permitted(ctx, req->name, ORTHOD_ACCESS_READ) ? registry_live(ctx->svc, req->name)
-                                                              : NULL;
-  if (ctx->over) { /* refused */
-  } else if (p == NULL) {
-    ctx_fail(ctx, GRPC_STATUS_NOT_FOUND, "parameter '%s' is not registered", req->name);
-  } else {
-    reply_info(ctx, p);
+  if (permitted(ctx, req->name, ORTHOD_ACCESS_READ)) {
+    param_t *p = registry_live(ctx->svc, req->name);
+    if (p == NULL)
+      ctx_fail(ctx, GRPC_STATUS_NOT_FOUND, "parameter '%s' is not registered", req->name);
+    else
+      reply_info(ctx, p);
   }
   orthod__v1__describe_request__free_unpacked(req, NULL);
 }
@@ -1928,7 +1931,7 @@ static void handle_drop(ctx_t *ctx, const uint8_t *data, size_t len) {
     snprintf(msg, sizeof msg, "parameter '%s' was dropped", p->name);
     param_abort_pushes(p, GRPC_STATUS_ABORTED, msg);
     ctx->busy = true;
-    submit(svc, j, ctx, p, drop_run, drop_done);
+    submit_change(svc, j, ctx, p, drop_run, drop_done);
     param_release(p);
   }
   orthod__v1__drop_request__free_unpacked(req, NULL);
@@ -2044,7 +2047,7 @@ static void handle_setconfig(ctx_t *ctx, const uint8_t *data, size_t len) {
   j->cfg = cfg;
   p->cfg = cfg; /* later requests build on this one; the job's result confirms it */
   ctx->busy = true;
-  submit(svc, &j->b, ctx, p, cfg_run, cfg_done);
+  submit_change(svc, &j->b, ctx, p, cfg_run, cfg_done);
 out:
   orthod__v1__set_config_request__free_unpacked(req, NULL);
 }
@@ -2070,8 +2073,9 @@ static void meta_parse(param_t *p, const char *text) {
   p->sync_timeout_ms = 0;
   char mode[16] = "";
   unsigned long long v;
-  for (const char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
-    if (sscanf(line, "workers=%llu", &v) == 1 && v >= 1 && v <= MAX_WORKERS) p->workers = (uint32_t)v;
+  for (const char *line = text; *line != '\0'; line += strcspn(line, "\n"), line += *line == '\n') {
+    if (sscanf(line, "workers=%llu", &v) == 1 && v >= 1 && v <= MAX_WORKERS)
+      p->workers = (uint32_t)v;
     else if (sscanf(line, "sync_mode=%15[A-Z]", mode) == 1 && strcmp(mode, "SYNC") == 0)
       p->mode = ORTHOD__V1__SYNC_MODE__SYNC_MODE_SYNC;
     else if (sscanf(line, "max_staleness=%llu", &v) == 1) p->max_staleness = v;
@@ -2096,6 +2100,7 @@ typedef struct {
   const char *dir;       /* svc->state_dir: fixed after start, read on the device thread */
   int keep;
   const char *why;       /* for the log: "requested", "periodic", "shutdown" */
+  bool final;            /* the shutdown checkpoint: its failure sets svc->final_failed */
   uint64_t sequence;
   uint64_t changes;      /* svc->changes when submitted */
   meta_entry_t *meta;    /* every registered parameter, name order (as the registry) */
@@ -2161,7 +2166,7 @@ static void ckpt_done(orthod_job_t *job) {
     snprintf(msg, sizeof msg, "checkpoint %" PRIu64 " failed: %.900s", j->sequence,
              j->b.detail[0] ? j->b.detail : orthod_strerror(j->b.err));
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "%s (%s); the previous checkpoints are unchanged", msg, j->why);
-    if (strcmp(j->why, "shutdown") == 0 && svc->final_failed) *svc->final_failed = true;
+    if (j->final && svc->final_failed) *svc->final_failed = true;
     if (j->b.ctx != NULL) ctx_fail_err(j->b.ctx, j->b.err, msg);
   }
   ckpt_free(j);
@@ -2169,7 +2174,7 @@ static void ckpt_done(orthod_job_t *job) {
 
 /* Queue a checkpoint behind every job submitted so far, so it holds every change the daemon
  * acknowledged before this moment. Returns -1 when out of memory. */
-static int ckpt_submit(orthod_service_t *svc, ctx_t *ctx, const char *why) {
+static int ckpt_submit(orthod_service_t *svc, ctx_t *ctx, const char *why, bool final) {
   ckpt_job_t *j = calloc(1, sizeof *j);
   if (j == NULL) return -1;
   j->meta = svc->n_params ? calloc(svc->n_params, sizeof *j->meta) : NULL;
@@ -2190,6 +2195,7 @@ static int ckpt_submit(orthod_service_t *svc, ctx_t *ctx, const char *why) {
   j->dir = svc->state_dir;
   j->keep = (int)svc->cfg->checkpoint_keep;
   j->why = why;
+  j->final = final;
   j->sequence = svc->next_sequence++;
   j->changes = svc->changes;
   svc->ckpt_inflight++;
@@ -2204,7 +2210,7 @@ static void handle_checkpoint(ctx_t *ctx, const uint8_t *data, size_t len) {
     return;
   }
   orthod__v1__checkpoint_request__free_unpacked(req, NULL);
-  if (ckpt_submit(ctx->svc, ctx, "requested") != 0) {
+  if (ckpt_submit(ctx->svc, ctx, "requested", false) != 0) {
     ctx_oom(ctx);
     return;
   }
@@ -2215,7 +2221,7 @@ static void handle_checkpoint(ctx_t *ctx, const uint8_t *data, size_t len) {
 static void ckpt_timer_cb(uv_timer_t *t) {
   orthod_service_t *svc = t->data;
   if (svc->draining || svc->ckpt_inflight > 0 || svc->changes == svc->changes_saved) return;
-  if (ckpt_submit(svc, NULL, "periodic") != 0)
+  if (ckpt_submit(svc, NULL, "periodic", false) != 0)
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "periodic checkpoint: out of memory; trying again next time");
 }
 
@@ -2227,7 +2233,7 @@ void orthod_service_final_checkpoint(orthod_service_t *svc, bool *failed) {
                "shutdown");
     return;
   }
-  if (ckpt_submit(svc, NULL, "shutdown") != 0) {
+  if (ckpt_submit(svc, NULL, "shutdown", true) != 0) {
     ORTHOD_LOG(ORTHOD_LOG_ERROR, "shutdown checkpoint: out of memory");
     if (failed) *failed = true;
   }
@@ -2290,6 +2296,22 @@ static void restore_run(orthod_job_t *job, orthod_store_t *store) {
 
 static void restore_done(orthod_job_t *job) { ((restore_job_t *)job)->done = true; }
 
+/* Enter a restored parameter into the registry, live (takes r->name). 0, or -1 when out of
+ * memory. */
+static int restore_param(orthod_service_t *svc, restored_t *r) {
+  param_t *p = calloc(1, sizeof *p);
+  if (p == NULL) return -1;
+  *p = (param_t){.svc = svc, .refs = 1, .live = true, .name = r->name, .shape = r->shape,
+                 .numel = (uint64_t)orthod_shape_numel(&r->shape), .cfg = r->cfg,
+                 .step = (uint64_t)r->step, .bytes = r->bytes};
+  r->name = NULL;
+  meta_parse(p, r->meta);
+  int rc = registry_insert(svc, p);
+  if (rc == 0) svc->bytes_used += p->bytes;
+  param_release(p); /* the registry holds its own reference */
+  return rc;
+}
+
 int orthod_service_restore(orthod_service_t *svc, char *err, size_t errlen) {
   char path[ORTHOD_CHECKPOINT_PATH_MAX];
   uint64_t latest = 0;
@@ -2329,26 +2351,10 @@ int orthod_service_restore(orthod_service_t *svc, char *err, size_t errlen) {
   }
   for (size_t i = 0; i < j->n; i++) {
     restored_t *r = &j->items[i];
-    param_t *p = rc == 0 ? calloc(1, sizeof *p) : NULL;
-    if (p != NULL) {
-      p->svc = svc;
-      p->refs = 1;
-      p->live = true;
-      p->name = r->name;
-      r->name = NULL;
-      p->shape = r->shape;
-      p->numel = (uint64_t)orthod_shape_numel(&r->shape);
-      p->cfg = r->cfg;
-      p->step = (uint64_t)r->step;
-      p->bytes = r->bytes;
-      meta_parse(p, r->meta);
-      if (registry_insert(svc, p) == 0) svc->bytes_used += p->bytes;
-      else rc = -1;
-      param_release(p);
-    } else if (rc == 0) {
+    if (rc == 0 && restore_param(svc, r) != 0) {
+      snprintf(err, errlen, "restoring %s: out of memory", path);
       rc = -1;
     }
-    if (rc != 0 && j->err == ORTHOD_OK) snprintf(err, errlen, "restoring %s: out of memory", path);
     free(r->name);
     free(r->meta);
   }

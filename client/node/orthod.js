@@ -629,9 +629,10 @@ class Client {
     }
   }
 
-  _unary(stub, method, req) {
+  /** One unary call; withAuth false for health checks (see _metadata). */
+  _unary(stub, method, req, withAuth = true) {
     return new Promise((resolve, reject) => {
-      stub[method](req, this._metadata(stub !== this._health), this._deadline(), (err, res) => {
+      stub[method](req, this._metadata(withAuth), this._deadline(), (err, res) => {
         if (err) reject(wrapError(err)); else resolve(res);
       });
     });
@@ -805,7 +806,7 @@ class Client {
 
   /** grpc.health.v1 Check: "SERVING", "NOT_SERVING", ... */
   async health(service = '') {
-    const res = await this._retry(() => this._unary(this._health, 'Check', { service }));
+    const res = await this._retry(() => this._unary(this._health, 'Check', { service }, false));
     return res.status;
   }
 
